@@ -1,0 +1,2297 @@
+#!/usr/bin/env python3
+"""bump_image - move Kubernetes Deployments to one container image, safely.
+
+Command line::
+
+    python3 bump_image.py --payload '{"image": "ghcr.io/noetl/noetl:v2.35.9"}'
+    python3 bump_image.py --payload @payload.json --format text
+    echo '{"image": "ghcr.io/noetl/noetl:v2.35.9"}' | python3 bump_image.py --payload -
+    python3 -m bump_image --image ghcr.io/noetl/noetl:v2.35.9 --deployment noetl-worker
+    bump-image ...                                  # once pip/pipx-installed
+
+What one run does, in this order:
+
+1. validate the payload; nothing is contacted before it passes (exit 2);
+2. probe the registry until the image's manifest is visible, external images only,
+   and give up before any Deployment is changed (exit 3);
+3. read the selected Deployments with one ``kubectl get``; for each pick the
+   containers, compare, patch only when needed, wait for the rollout (failing fast
+   on pods that cannot start), optionally roll back, then verify the running pods;
+4. print one JSON line for the probe, one per Deployment and a summary on stdout;
+   progress goes to stderr.  Exit 0 ok, 1 a component failed, 2 bad input,
+   3 image unavailable, 4 environment (kubectl missing, wrong context),
+   130/143 interrupted.
+
+Library use::
+
+    import bump_image
+    result = bump_image.bump({"image": "ghcr.io/noetl/noetl:v2.35.9"})
+    result.exit_code            # as the CLI would exit
+    result.events()             # the probe, component and summary lines as dicts
+
+``bump()`` raises ``PayloadError`` (exit 2) or ``EnvironmentProblem`` (exit 4) when
+nothing could run; every other outcome is data in the returned ``Result``.  The
+effects are keyword arguments with standard-library defaults: ``runner`` (runs
+kubectl, see ``ProcessRunner``), ``opener`` (urllib opener), ``sleeper``, ``clock``,
+``env`` (environment mapping) and ``on_event`` (called with each line as it is
+ready).  The payload keys, output lines and exit codes are described in README.md.
+"""
+
+import json
+import os
+import re
+import sys
+import time
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "__version__",
+    "bump",
+    "main",
+    "parse_payload",
+    "parse_image",
+    "ImageRef",
+    "Settings",
+    "Result",
+    "ProcessRunner",
+    "Completed",
+    "default_opener",
+    "rollout_verdict",
+    "plan_deployment",
+    "diagnose",
+    "verify_pods",
+    "parse_challenges",
+    "BumpError",
+    "PayloadError",
+    "UsageError",
+    "EnvironmentProblem",
+    "Interrupted",
+]
+
+# --------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------
+
+DEFAULT_NAMESPACE = "noetl"
+DEFAULT_DEPLOYMENTS = ("noetl-server", "noetl-worker", "ollama-bridge")
+
+#: Sent on every manifest request: without the OCI types, distribution answers 404
+#: for an OCI manifest or index.
+MANIFEST_ACCEPT = ", ".join((
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+))
+HTTP_TIMEOUT = 15.0            # seconds, every registry and token request
+BODY_LIMIT = 1 << 20           # bytes read at most from a token or error body
+RETRY_AFTER_CAP = 60.0         # seconds: the longest Retry-After we honour
+TOKEN_MIN_LIFETIME = 60        # seconds, as the Docker token spec says
+PAYLOAD_LIMIT = 1 << 20        # bytes of payload read from a file or stdin
+
+KUBECTL_REQUEST_TIMEOUT = 20   # seconds, kubectl's own --request-timeout
+KUBECTL_CALL_TIMEOUT = 30.0    # seconds before a read or write is killed
+ROLLOUT_GRACE = 10.0           # extra seconds before a rollout wait is killed
+ROLLBACK_TIMEOUT_CAP = 300     # seconds at most waiting for a rollback
+
+CHANGE_CAUSE = "kubernetes.io/change-cause"
+REVISION = "deployment.kubernetes.io/revision"
+FIELD_MANAGER = "bump_image"
+
+#: Container waiting reasons that mean "this pod will not start by itself".
+BAD_WAITING_REASONS = frozenset((
+    "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+    "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError",
+    "RunContainerError", "PreStartHookError", "PostStartHookError",
+))
+#: Reasons that alternate for one cause count as one problem.
+_REASON_CLASS = {"ErrImagePull": "pull", "ImagePullBackOff": "pull"}
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+
+class BumpError(Exception):
+    """Base error: a stable ``code``, the process ``exit_code`` and a ``hint``."""
+
+    code = "error"
+    exit_code = 1
+
+    def __init__(self, message, code=None, hint=None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.hint = hint
+
+    def event(self):
+        """The one JSON error line the CLI prints for this error."""
+        return {"event": "error",
+                "error": {"code": self.code, "message": self.message, "hint": self.hint},
+                "exit_code": self.exit_code}
+
+
+class PayloadError(BumpError):
+    """The payload is invalid; nothing was contacted (exit 2)."""
+
+    code = "invalid_payload"
+    exit_code = 2
+
+
+class UsageError(PayloadError):
+    """The command line is invalid; nothing was contacted (exit 2)."""
+
+    code = "usage"
+
+
+class EnvironmentProblem(BumpError):
+    """kubectl is missing or the context guard refused (exit 4)."""
+
+    code = "environment"
+    exit_code = 4
+
+
+class KubectlFailed(BumpError):
+    """A kubectl call failed; the component reports ``kubectl_failed``."""
+
+    code = "kubectl_failed"
+
+
+class ContainerNotFound(BumpError):
+    """The named container is not in the Deployment."""
+
+    code = "container_not_found"
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; carries the signal number (exit 128 + signum)."""
+
+    def __init__(self, signum=2):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------
+# Image references (the distribution reference grammar)
+# --------------------------------------------------------------------------
+
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|-+)"
+_PATH_COMPONENT_RE = re.compile(_ALNUM + r"(?:" + _SEPARATOR + _ALNUM + r")*")
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN_RE = re.compile(
+    r"(?:" + _DOMAIN_COMPONENT + r"(?:\." + _DOMAIN_COMPONENT + r")*"
+    r"|\[[a-fA-F0-9:]+\])(?::[0-9]{1,5})?")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_DIGEST_HEX = {"sha256": 64, "sha384": 96, "sha512": 128}
+_DIGEST_RE = re.compile(r"(sha256|sha384|sha512):([0-9a-f]+)")
+NAME_MAX = 255
+
+
+class ImageRef:
+    """A parsed, normalized image reference.
+
+    ``domain`` is the registry host as normalized (``docker.io`` for Docker Hub),
+    ``path`` the repository path (``library/`` added for one-part Hub names),
+    ``tag`` and ``digest`` may be None.  ``explicit_domain`` tells whether the text
+    named a registry host; ``text`` is the reference as the user wrote it.
+    """
+
+    __slots__ = ("domain", "path", "tag", "digest", "explicit_domain", "text")
+
+    def __init__(self, domain, path, tag=None, digest=None, explicit_domain=True, text=None):
+        self.domain = domain
+        self.path = path
+        self.tag = tag
+        self.digest = digest
+        self.explicit_domain = explicit_domain
+        self.text = text if text is not None else self.canonical()
+
+    @property
+    def name(self):
+        """``domain/path``, the normalized repository."""
+        return self.domain + "/" + self.path
+
+    @property
+    def host(self):
+        """The registry host without its port."""
+        host = self.domain
+        if host.startswith("["):
+            return host[1:host.index("]")]
+        return host.rsplit(":", 1)[0] if ":" in host else host
+
+    def canonical(self):
+        """The fully qualified form, e.g. ``docker.io/library/nginx:latest``."""
+        out = self.name
+        if self.tag is not None or self.digest is None:
+            out += ":" + (self.tag or "latest")
+        if self.digest:
+            out += "@" + self.digest
+        return out
+
+    def same_image(self, other):
+        """True when a container at ``other`` already runs this reference.
+
+        Same repository and: both digests equal when both carry one; else the same
+        tag (``latest`` when absent); a digest on one side only never matches.
+        """
+        if self.name != other.name:
+            return False
+        if self.digest or other.digest:
+            return self.digest == other.digest
+        return (self.tag or "latest") == (other.tag or "latest")
+
+    def pinned(self, digest):
+        """The user's reference with ``digest`` attached (any old digest replaced)."""
+        return self.text.split("@", 1)[0] + "@" + digest
+
+    def __eq__(self, other):
+        return isinstance(other, ImageRef) and self.canonical() == other.canonical()
+
+    def __hash__(self):
+        return hash(self.canonical())
+
+    def __repr__(self):
+        return "ImageRef(%r)" % self.canonical()
+
+
+def parse_image(text):
+    """Parse an image reference; raise ``ValueError`` with a reason when invalid.
+
+    Follows the distribution reference grammar: ``[host[:port]/]path[:tag][@digest]``;
+    the first component is a host when it holds a ``.`` or ``:``, is ``localhost``,
+    or has upper-case letters.  Docker Hub names normalize to ``docker.io/library/x``.
+    """
+    if not isinstance(text, str):
+        raise ValueError("an image reference must be a string")
+    if not text:
+        raise ValueError("the image reference is empty")
+    bad = next((ch for ch in text if ch.isspace() or ord(ch) < 32 or ord(ch) == 127), None)
+    if bad is not None:
+        raise ValueError("the image reference contains white space or a control character")
+    if text.startswith("-"):
+        raise ValueError("an image reference cannot start with '-'")
+    rest, digest = text, None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        m = _DIGEST_RE.fullmatch(digest)
+        if not m or len(m.group(2)) != _DIGEST_HEX[m.group(1)]:
+            raise ValueError("invalid digest %r (expected sha256: and 64 lower-case hex digits)"
+                             % digest)
+    tag = None
+    colon, slash = rest.rfind(":"), rest.rfind("/")
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1:]
+        if not _TAG_RE.fullmatch(tag):
+            raise ValueError("invalid tag %r (letters, digits, '_', '.', '-'; at most 128,"
+                             " not starting with '.' or '-')" % tag)
+    if not rest:
+        raise ValueError("the image reference has no repository name")
+    domain, path, explicit = "docker.io", rest, False
+    first, sep, remainder = rest.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
+        if not _DOMAIN_RE.fullmatch(first):
+            raise ValueError("invalid registry host %r" % first)
+        domain, path, explicit = first, remainder, True
+    if domain == "index.docker.io":
+        domain = "docker.io"
+    for component in path.split("/"):
+        if not _PATH_COMPONENT_RE.fullmatch(component):
+            if component.lower() != component:
+                raise ValueError("repository name must be lower-case: %r" % path)
+            raise ValueError("invalid repository path component %r in %r" % (component, path))
+    if domain == "docker.io" and "/" not in path:
+        path = "library/" + path
+    if len(domain) + 1 + len(path) > NAME_MAX:
+        raise ValueError("repository name longer than %d characters" % NAME_MAX)
+    return ImageRef(domain, path, tag, digest, explicit, text)
+
+
+def _loose_image(text):
+    """Parse an image found in the cluster; None when it is not a valid reference."""
+    try:
+        return parse_image(text)
+    except ValueError:
+        return None
+
+
+def is_local_registry(ref):
+    """True for references the ``auto`` probe skips: no host, or a local one."""
+    if not ref.explicit_domain:
+        return True
+    host = ref.host.lower()
+    return (host == "localhost" or host.endswith(".localhost") or host.endswith(".local")
+            or host == "kind-registry" or _is_loopback(host))
+
+
+def _is_loopback(host):
+    """True for ``localhost``, 127.0.0.0/8 and ::1 (host without brackets or port)."""
+    host = (host or "").lower().strip("[]")
+    if host == "localhost" or host == "::1":
+        return True
+    parts = host.split(".")
+    return (len(parts) == 4 and parts[0] == "127"
+            and all(p.isdigit() and int(p) < 256 for p in parts))
+
+
+# --------------------------------------------------------------------------
+# Payload
+# --------------------------------------------------------------------------
+
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_DNS_LABEL_RE = re.compile(_DNS_LABEL)
+_DNS_SUBDOMAIN_RE = re.compile(_DNS_LABEL + r"(?:\." + _DNS_LABEL + r")*")
+_CONTEXT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+#: Every accepted key, in the order README.md documents them.
+PAYLOAD_KEYS = (
+    "image", "image_repository", "target_tag", "namespace", "deployment", "deployments",
+    "components", "container", "ghcr_probe_attempts", "ghcr_probe_sleep_seconds",
+    "probe", "registry_mirrors", "rollout_timeout_seconds", "dry_run",
+    "expected_kube_context", "context", "kubeconfig", "kubectl", "pin_digest",
+    "rollback_on_failure", "parallel", "fail_fast_seconds",
+)
+PROBE_MODES = ("auto", "always", "never")
+
+
+class Settings:
+    """A validated payload: every key resolved to its value or default."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def __repr__(self):
+        return "Settings(%s)" % ", ".join("%s=%r" % kv for kv in sorted(self.__dict__.items()))
+
+
+def _describe(value):
+    """How a JSON value reads in an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "%s (a boolean)" % json.dumps(value)
+    if isinstance(value, (int, float)):
+        return "%s (a number)" % json.dumps(value)
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return "%s (a string)" % json.dumps(shown)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _did_you_mean(word, choices):
+    import difflib
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return "did you mean %r?" % close[0] if close else None
+
+
+def _number_hint(value):
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return None
+        return "write the number without quotes: %s" % value.strip()
+    return None
+
+
+def _get_int(p, key, default, lo, hi):
+    value = p.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        hint = _number_hint(value)
+        if isinstance(value, float) and value == value and value.is_integer():
+            hint = "write it as a whole number: %d" % value
+        raise PayloadError("%s must be a whole number from %d to %d, got %s"
+                           % (key, lo, hi, _describe(value)), hint=hint)
+    if not lo <= value <= hi:
+        raise PayloadError("%s must be from %d to %d, got %d" % (key, lo, hi, value))
+    return value
+
+
+def _get_number(p, key, default, lo, hi):
+    import math
+    value = p.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PayloadError("%s must be a number from %g to %g, got %s"
+                           % (key, lo, hi, _describe(value)), hint=_number_hint(value))
+    if not math.isfinite(value):
+        raise PayloadError("%s must be a finite number, got %s" % (key, value))
+    if not lo <= value <= hi:
+        raise PayloadError("%s must be from %g to %g, got %s" % (key, lo, hi, value))
+    return value
+
+
+def _get_bool(p, key):
+    value = p.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        hint = None
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            hint = "write %s without quotes" % value.lower()
+        raise PayloadError("%s must be true or false, got %s" % (key, _describe(value)),
+                           hint=hint)
+    return value
+
+
+def _get_str(p, key):
+    value = p.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PayloadError("%s must be a string, got %s" % (key, _describe(value)))
+    if not value:
+        raise PayloadError("%s must not be empty" % key)
+    return value
+
+
+def _check_k8s_name(key, value, subdomain):
+    """Kubernetes name rules: a DNS-1123 label (63) or subdomain (253)."""
+    limit, rx = (253, _DNS_SUBDOMAIN_RE) if subdomain else (63, _DNS_LABEL_RE)
+    if len(value) > limit or not rx.fullmatch(value):
+        kind = "DNS-1123 subdomain" if subdomain else "DNS-1123 label"
+        hint = None
+        if value.lower() != value and rx.fullmatch(value.lower()):
+            hint = "Kubernetes names are lower-case: %r" % value.lower()
+        raise PayloadError(
+            "%s %s is not a valid Kubernetes name (a %s: lower-case letters, digits, '-'%s,"
+            " starting and ending with a letter or digit, at most %d characters)"
+            % (key, json.dumps(value), kind, " and '.'" if subdomain else "", limit), hint=hint)
+    return value
+
+
+def _get_k8s_name(p, key, default, subdomain=False):
+    value = _get_str(p, key)
+    return default if value is None else _check_k8s_name(key, value, subdomain)
+
+
+def _get_context(p, key):
+    value = _get_str(p, key)
+    if value is not None and (len(value) > 253 or not _CONTEXT_RE.fullmatch(value)):
+        raise PayloadError("%s %s is not a usable context name (letters, digits and ._:/@+-,"
+                           " not starting with '-')" % (key, json.dumps(value)))
+    return value
+
+
+def _get_path(p, key, default=None):
+    value = _get_str(p, key)
+    if value is None:
+        return default
+    if _CONTROL_RE.search(value) or value.startswith("-") or len(value) > 4096:
+        raise PayloadError("%s %s is not a usable path (no control characters, not starting"
+                           " with '-')" % (key, json.dumps(value)))
+    return value
+
+
+def _get_deployments(p):
+    given = [k for k in ("deployment", "deployments", "components") if p.get(k) is not None]
+    if len(given) > 1:
+        raise PayloadError("give only one of deployment, deployments and components; got "
+                           + " and ".join(given))
+    if not given:
+        return list(DEFAULT_DEPLOYMENTS), False
+    key = given[0]
+    value = p[key]
+    if key == "deployment":
+        if isinstance(value, list):
+            raise PayloadError("deployment must be one name (a string), got a list",
+                               hint="use deployments for a list")
+        return [_get_k8s_name(p, key, None, subdomain=True)], True
+    if not isinstance(value, list):
+        hint = "use deployment for one name" if isinstance(value, str) else None
+        raise PayloadError("%s must be a list of Deployment names, got %s"
+                           % (key, _describe(value)), hint=hint)
+    if not value:
+        raise PayloadError("%s is empty: name at least one Deployment" % key,
+                           hint="leave the key out for the defaults: "
+                                + ", ".join(DEFAULT_DEPLOYMENTS))
+    names = []
+    for i, item in enumerate(value):
+        where = "%s[%d]" % (key, i)
+        if not isinstance(item, str):
+            raise PayloadError("%s must be a string, got %s" % (where, _describe(item)))
+        _check_k8s_name(where, item, subdomain=True)
+        if item in names:
+            raise PayloadError("%s: Deployment %s is listed twice" % (key, json.dumps(item)))
+        names.append(item)
+    return names, True
+
+
+def _get_image(p):
+    image = p.get("image")
+    repo, tag = p.get("image_repository"), p.get("target_tag")
+    if (repo is None) != (tag is None):
+        raise PayloadError("image_repository and target_tag go together: give both or neither",
+                           hint="or give the whole reference as image")
+    combined = None
+    if repo is not None:
+        repo, tag = _get_str(p, "image_repository"), _get_str(p, "target_tag")
+        try:
+            repo_ref = parse_image(repo)
+        except ValueError as exc:
+            raise PayloadError("image_repository %s is invalid: %s" % (json.dumps(repo), exc))
+        if repo_ref.tag is not None or repo_ref.digest is not None:
+            raise PayloadError("image_repository %s must not carry a tag or digest"
+                               % json.dumps(repo), hint="put the tag in target_tag")
+        if not _TAG_RE.fullmatch(tag):
+            raise PayloadError("target_tag %s is not a valid tag" % json.dumps(tag))
+        combined = repo + ":" + tag
+    if image is None and combined is None:
+        raise PayloadError("image is required", hint='e.g. "image": "ghcr.io/noetl/noetl:v2.35.9"'
+                           ' (or image_repository with target_tag)')
+    if image is not None:
+        image = _get_str(p, "image")
+    try:
+        ref = parse_image(image if image is not None else combined)
+    except ValueError as exc:
+        raise PayloadError("image %s is invalid: %s" % (json.dumps(image or combined), exc))
+    if combined is not None and image is not None and parse_image(combined) != ref:
+        raise PayloadError("image %s and image_repository:target_tag %s disagree"
+                           % (json.dumps(image), json.dumps(combined)))
+    if ref.tag is None and ref.digest is None:
+        raise PayloadError("image %s has neither a tag nor a digest" % json.dumps(ref.text),
+                           hint="name the release, e.g. %s:v1.2.3" % ref.text)
+    return ref
+
+
+def _get_mirrors(p):
+    value = p.get("registry_mirrors")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PayloadError("registry_mirrors must be an object of registry host -> base URL,"
+                           " got %s" % _describe(value))
+    from urllib.parse import urlsplit
+    mirrors = {}
+    for host, url in value.items():
+        if not _DOMAIN_RE.fullmatch(host) or host.lower() != host:
+            raise PayloadError("registry_mirrors key %s is not a registry host (e.g. ghcr.io,"
+                               " docker.io, registry.example.com:8443)" % json.dumps(host))
+        if not isinstance(url, str):
+            raise PayloadError("registry_mirrors[%s] must be a URL string, got %s"
+                               % (json.dumps(host), _describe(url)))
+        why = None
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            parts, why = None, str(exc)
+        if parts is not None:
+            if parts.scheme not in ("http", "https"):
+                why = "the scheme must be https or http"
+            elif not parts.hostname:
+                why = "no host"
+            elif parts.username or parts.password:
+                why = "credentials do not belong in the URL (use the Docker config)"
+            elif parts.query or parts.fragment:
+                why = "no query or fragment"
+            elif _CONTROL_RE.search(url) or " " in url:
+                why = "white space or control characters"
+        if why:
+            raise PayloadError("registry_mirrors[%s] %s is not a usable base URL: %s"
+                               % (json.dumps(host), json.dumps(url), why),
+                               hint='e.g. {"ghcr.io": "https://mirror.internal"}')
+        mirrors["docker.io" if host == "index.docker.io" else host] = url.rstrip("/")
+    return mirrors
+
+
+def parse_payload(payload):
+    """Validate a payload (a dict) and return ``Settings``; raise ``PayloadError``.
+
+    Strict: unknown keys (with a "did you mean" hint), wrong types, out-of-range or
+    non-finite numbers, bad references and invalid Kubernetes names are rejected.
+    A key whose value is null takes its default.
+    """
+    if not isinstance(payload, dict):
+        raise PayloadError("the payload must be a JSON object, got %s" % _describe(payload))
+    for key in payload:
+        if key not in PAYLOAD_KEYS:
+            raise PayloadError("unknown key %s" % json.dumps(key),
+                               hint=_did_you_mean(str(key), PAYLOAD_KEYS))
+    ref = _get_image(payload)
+    deployments, named = _get_deployments(payload)
+    probe = payload.get("probe")
+    if probe is None:
+        probe = "auto"
+    elif probe not in PROBE_MODES:
+        raise PayloadError("probe must be one of auto, always, never; got %s" % _describe(probe),
+                           hint=_did_you_mean(str(probe), PROBE_MODES))
+    s = Settings(
+        image=ref,
+        namespace=_get_k8s_name(payload, "namespace", DEFAULT_NAMESPACE),
+        deployments=deployments,
+        named=named,
+        container=_get_k8s_name(payload, "container", None),
+        probe_attempts=_get_int(payload, "ghcr_probe_attempts", 12, 1, 10000),
+        probe_sleep=_get_number(payload, "ghcr_probe_sleep_seconds", 10, 0, 3600),
+        probe=probe,
+        mirrors=_get_mirrors(payload),
+        rollout_timeout=_get_int(payload, "rollout_timeout_seconds", 300, 1, 86400),
+        dry_run=_get_bool(payload, "dry_run"),
+        expected_context=_get_context(payload, "expected_kube_context"),
+        context=_get_context(payload, "context"),
+        kubeconfig=_get_path(payload, "kubeconfig"),
+        kubectl=_get_path(payload, "kubectl", "kubectl"),
+        pin_digest=_get_bool(payload, "pin_digest"),
+        rollback_on_failure=_get_bool(payload, "rollback_on_failure"),
+        parallel=_get_bool(payload, "parallel"),
+        fail_fast_seconds=_get_number(payload, "fail_fast_seconds", 60, 0, 86400),
+    )
+    if s.pin_digest and ref.digest is None and not will_probe(ref, s.probe):
+        raise PayloadError(
+            "pin_digest needs the digest the registry probe sees, but %s is not probed (%s)"
+            % (ref.text, "probe is never" if s.probe == "never" else "a local image"),
+            hint='set "probe": "always", or give the image as name:tag@sha256:...')
+    return s
+
+
+def will_probe(ref, mode):
+    """The probe rule: ``never``; ``always``; ``auto`` = external registries only."""
+    if mode == "never":
+        return False
+    return mode == "always" or not is_local_registry(ref)
+
+
+# --------------------------------------------------------------------------
+# Registry probe: pure parts
+# --------------------------------------------------------------------------
+
+_SCHEME_RE = re.compile(r"\s*,?\s*([A-Za-z][A-Za-z0-9_-]*)\s*")
+_CHALLENGE_RE = re.compile(r'\s*([A-Za-z][A-Za-z0-9_.-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
+
+
+def parse_challenges(values):
+    """Parse ``WWW-Authenticate`` values into ``[(scheme, {param: value})]``.
+
+    Handles quoted values with commas and escapes
+    (``scope="repository:a:pull,push"``) and several challenges in one header.
+    """
+    out = []
+    for value in values or ():
+        pos, n = 0, len(value)
+        while pos < n:
+            m = _SCHEME_RE.match(value, pos)
+            if not m or m.end() == pos:
+                break
+            scheme, pos = m.group(1).lower(), m.end()
+            params = {}
+            while pos < n:
+                pm = _CHALLENGE_RE.match(value, pos)
+                if not pm or pm.end() == pos:
+                    break
+                raw = pm.group(2)
+                if raw.startswith('"'):
+                    raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+                params[pm.group(1).lower()] = raw
+                pos = pm.end()
+            out.append((scheme, params))
+    return out
+
+
+def parse_retry_after(value, now=None):
+    """Seconds to wait from a ``Retry-After`` value (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class ProbeResult:
+    """What the probe found: a status, the attempts spent, a digest, an error."""
+
+    def __init__(self, status, attempts=0, digest=None, error=None):
+        self.status = status
+        self.attempts = attempts
+        self.digest = digest
+        self.error = error
+
+    def event(self, image):
+        return {"event": "probe", "image": image, "status": self.status,
+                "attempts": self.attempts, "digest": self.digest, "error": self.error}
+
+
+class _Outcome:
+    """The verdict on one attempt: available, or a classified failure."""
+
+    def __init__(self, code=None, message=None, retryable=True, digest=None, retry_after=None):
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.digest = digest
+        self.retry_after = retry_after
+
+    @property
+    def ok(self):
+        return self.code is None
+
+
+def judge_status(status, headers, reference):
+    """Classify the answer to a manifest HEAD (pure).
+
+    200 = available; 404 = not yet; 401/403 = not allowed (yet); 429 and 5xx =
+    busy (``Retry-After`` honoured); other answers will not change: give up.
+    """
+    if 200 <= status < 300:
+        digest = (headers.get("Docker-Content-Digest") or "").strip()
+        m = _DIGEST_RE.fullmatch(digest)
+        if not m or len(m.group(2)) != _DIGEST_HEX[m.group(1)]:
+            digest = reference.digest
+        return _Outcome(digest=digest)
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    if status == 404:
+        return _Outcome("manifest_unknown", "the registry has no manifest for %s (yet)"
+                        % reference.text)
+    if status in (401, 403):
+        return _Outcome("unauthorized" if status == 401 else "denied",
+                        "the registry answered %d to an authorized request: the package may be"
+                        " private or missing (add credentials for it to the Docker config)"
+                        % status)
+    if status == 429:
+        return _Outcome("rate_limited", "the registry answered 429 Too Many Requests",
+                        retry_after=retry_after)
+    if status == 408:
+        return _Outcome("timeout", "the registry answered 408 Request Timeout")
+    if status >= 500:
+        return _Outcome("server_error", "the registry answered %d" % status,
+                        retry_after=retry_after)
+    return _Outcome("registry_error", "the registry answered %d, which will not change by"
+                    " waiting" % status, retryable=False)
+
+
+def classify_transport_error(exc, host, timeout=HTTP_TIMEOUT):
+    """Classify a failed request (no HTTP answer): time-out, DNS, TLS, connection."""
+    import socket
+    import ssl
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, (socket.timeout, TimeoutError)):
+        return _Outcome("timeout", "no answer from %s within %g s" % (host, timeout))
+    if isinstance(reason, socket.gaierror):
+        return _Outcome("dns", "cannot resolve %s: %s" % (host, reason.strerror or reason))
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return _Outcome("tls", "TLS certificate of %s is not trusted: %s"
+                        % (host, reason.verify_message or reason), retryable=False)
+    if isinstance(reason, ssl.SSLError):
+        return _Outcome("tls", "TLS failed with %s: %s" % (host, reason.reason or reason))
+    if isinstance(reason, ConnectionRefusedError):
+        return _Outcome("connection", "connection to %s refused" % host)
+    if isinstance(reason, str):
+        return _Outcome("connection", "request to %s failed: %s" % (host, reason))
+    return _Outcome("connection", "request to %s failed: %s" % (
+        host, getattr(reason, "strerror", None) or reason or type(reason).__name__))
+
+
+def registry_endpoint(ref, mirrors):
+    """The base URL probed for ``ref``: a mirror, Docker Hub's API host, or the host.
+
+    Plain http is used only for loopback hosts (or a mirror URL that says so).
+    """
+    if ref.domain in mirrors:
+        return mirrors[ref.domain]
+    if ref.domain == "docker.io":
+        return "https://registry-1.docker.io"
+    return ("http://" if _is_loopback(ref.host) else "https://") + ref.domain
+
+
+def _docker_config_keys(host):
+    """The ``auths`` keys under which credentials for ``host`` may be stored."""
+    keys = [host]
+    if host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+        keys += ["https://index.docker.io/v1/", "index.docker.io", "docker.io",
+                 "registry-1.docker.io"]
+    return keys
+
+
+def docker_credentials(host, env):
+    """(user, password) for ``host`` from the Docker config, or None.
+
+    Reads ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``; entries with
+    ``auth`` (base64 user:password) or ``username``/``password``; keys may be URLs.
+    Credential helpers (``credsStore``) are not run.
+    """
+    import base64
+    folder = env.get("DOCKER_CONFIG") or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".docker")
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, "rb") as fh:
+            config = json.loads(fh.read(PAYLOAD_LIMIT).decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        _log("cannot read the Docker config %s: %s" % (path, type(exc).__name__))
+        return None
+    auths = config.get("auths") if isinstance(config, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    by_host = {}
+    for key, entry in auths.items():
+        bare = re.sub(r"^[a-z]+://", "", str(key)).split("/", 1)[0].lower()
+        by_host.setdefault(bare, entry)
+        by_host.setdefault(str(key), entry)
+    for key in _docker_config_keys(host.lower()):
+        entry = by_host.get(key)
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+            return entry["username"], entry["password"]
+        if isinstance(entry.get("auth"), str):
+            try:
+                user, _, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if user:
+                return user, password
+    return None
+
+
+# --------------------------------------------------------------------------
+# Registry probe: the HTTP edge
+# --------------------------------------------------------------------------
+
+_opener_classes = {}
+
+
+def _redirect_handler():
+    """A redirect handler that keeps HEAD as HEAD and Authorization on its host."""
+    if "redirect" in _opener_classes:
+        return _opener_classes["redirect"]
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    class SafeRedirectHandler(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            old, new = urlsplit(req.full_url), urlsplit(newurl)
+            if new.scheme not in ("http", "https"):
+                return None
+            if old.scheme == "https" and new.scheme == "http" and not _is_loopback(new.hostname):
+                raise urllib.error.HTTPError(newurl, code, "refusing a redirect from https to"
+                                             " http", headers, fp)
+            kept = {k: v for k, v in req.headers.items()
+                    if k.lower() not in ("authorization", "host", "content-length")}
+            new_req = urllib.request.Request(newurl, headers=kept,  # noqa: S310 - http(s) only
+                                             method=req.get_method(),
+                                             origin_req_host=req.origin_req_host,
+                                             unverifiable=True)
+            same_origin = (old.scheme, old.hostname, old.port) == (new.scheme, new.hostname,
+                                                                  new.port)
+            auth = req.unredirected_hdrs.get("Authorization")
+            if auth and same_origin:
+                new_req.add_unredirected_header("Authorization", auth)
+            return new_req
+
+    _opener_classes["redirect"] = SafeRedirectHandler
+    return SafeRedirectHandler
+
+
+def default_opener(ssl_context=None):
+    """The urllib opener used for the probe (proxies from the environment apply)."""
+    import urllib.request
+    return urllib.request.build_opener(
+        _redirect_handler()(), urllib.request.HTTPSHandler(context=ssl_context))
+
+
+class _Response:
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status, headers, body=b""):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, outcome):
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+def _read_bounded(fh, clock, deadline):
+    # the socket time-out bounds each read; the deadline bounds a trickle
+    """Read at most BODY_LIMIT bytes, giving up at ``deadline``."""
+    chunks, size = [], 0
+    while size <= BODY_LIMIT:
+        chunk = fh.read(min(65536, BODY_LIMIT + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if clock() > deadline:
+            raise TimeoutError("body not read in time")
+    return b"".join(chunks)
+
+
+class RegistryProbe:
+    """Probe one image until its manifest is visible (the contract's probe rules).
+
+    The handshake, per attempt:
+      1. HEAD the manifest, with the pull token when one is held and still valid;
+      2. a 401 with a Bearer challenge: fetch a token from its realm (credentials
+         for the contacted host from the Docker config, when there are any) and HEAD
+         again at once, still the same attempt;
+      3. judge the answer: 200 available; 404, 401/403, 429, 5xx, time-outs and
+         network errors are retried after the sleep (or ``Retry-After``); anything
+         else gives up at once.
+    A token serves every attempt until it expires or the registry refuses it.
+    """
+
+    def __init__(self, settings, opener, sleeper, clock, env, timeout=HTTP_TIMEOUT):
+        self.s = settings
+        self.timeout = timeout
+        self.ref = settings.image
+        self.opener = opener
+        self.sleeper = sleeper
+        self.clock = clock
+        self.env = env
+        self.base = registry_endpoint(self.ref, settings.mirrors)
+        from urllib.parse import urlsplit
+        parts = urlsplit(self.base)
+        self.origin = (parts.scheme, parts.hostname, parts.port)
+        self.host = parts.netloc
+        self.token = None       # (value, expires_at)
+        self._creds = False     # not looked up yet
+
+    @property
+    def url(self):
+        return "%s/v2/%s/manifests/%s" % (self.base, self.ref.path,
+                                          self.ref.digest or self.ref.tag)
+
+    def run(self):
+        """Probe up to ``ghcr_probe_attempts`` times; return a ``ProbeResult``."""
+        n = self.s.probe_attempts
+        outcome = None
+        for attempt in range(1, n + 1):
+            outcome = self.attempt()
+            if outcome.ok:
+                _log("probe %s: available%s (attempt %d/%d)" % (
+                    self.ref.text, " as " + outcome.digest if outcome.digest else "",
+                    attempt, n))
+                return ProbeResult("available", attempt, outcome.digest)
+            if not outcome.retryable or attempt == n:
+                break
+            wait = self.s.probe_sleep
+            if outcome.retry_after is not None:
+                wait = min(outcome.retry_after, RETRY_AFTER_CAP)
+            _log("probe %s: attempt %d/%d: %s: %s; next in %g s" % (
+                self.ref.text, attempt, n, outcome.code, outcome.message, wait))
+            if wait > 0:
+                self.sleeper(wait)
+        why = "gave up after %d attempt%s" % (attempt, "" if attempt == 1 else "s")
+        if not outcome.retryable:
+            why = "not retried"
+        message = "%s: %s (%s)" % (self.ref.text, outcome.message, why)
+        _log("probe %s" % message)
+        return ProbeResult("unavailable", attempt, None, {"code": outcome.code,
+                                                          "message": message})
+
+    # -- one attempt ---------------------------------------------------------
+
+    def attempt(self):
+        try:
+            token = self._valid_token()
+            resp = self._head(token)
+            if resp.status == 401:
+                if token is not None:
+                    self.token = None           # refused: never send it again
+                resp = self._answer_challenge(resp)
+            elif resp.status == 403 and token is not None:
+                self.token = None
+            return judge_status(resp.status, resp.headers, self.ref)
+        except _AttemptFailed as failed:
+            return failed.outcome
+
+    def _answer_challenge(self, resp):
+        challenges = parse_challenges(resp.headers.get_all("WWW-Authenticate") or [])
+        schemes = dict(challenges)
+        if "bearer" in schemes:
+            resp = self._head(self._fetch_token(schemes["bearer"]))
+            if resp.status in (401, 403):
+                self.token = None               # a fresh token refused: drop it too
+            return resp
+        if "basic" in schemes:
+            creds = self._credentials()
+            if creds is None:
+                raise _AttemptFailed(_Outcome(
+                    "unauthorized", "%s asks for Basic credentials and the Docker config has"
+                    " none for it" % self.host))
+            return self._head(None, basic=creds)
+        raise _AttemptFailed(_Outcome(
+            "unauthorized", "%s answered 401 without a Bearer challenge" % self.host))
+
+    def _valid_token(self):
+        if self.token and self.clock() < self.token[1]:
+            return self.token[0]
+        self.token = None
+        return None
+
+    def _credentials(self):
+        if self._creds is False:
+            self._creds = docker_credentials(self.host, self.env)
+        return self._creds
+
+    def _head(self, token, basic=None):
+        auth = None
+        if token:
+            auth = "Bearer " + token
+        elif basic:
+            auth = _basic_auth(*basic)
+        return self._request("HEAD", self.url, {"Accept": MANIFEST_ACCEPT}, auth)
+
+    def _fetch_token(self, params):
+        """Exchange a Bearer challenge for a pull token (Docker token protocol)."""
+        from urllib.parse import urlencode, urlsplit
+        realm = params.get("realm") or ""
+        parts = urlsplit(realm)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _AttemptFailed(_Outcome("token_failed", "the Bearer challenge of %s has no"
+                                          " usable realm: %r" % (self.host, realm[:200])))
+        query = {}
+        if params.get("service"):
+            query["service"] = params["service"]
+        query["scope"] = params.get("scope") or "repository:%s:pull" % self.ref.path
+        url = realm + ("&" if parts.query else "?") + urlencode(query)
+        auth = None
+        creds = self._credentials()
+        if creds is not None:
+            if parts.scheme == "https" or _is_loopback(parts.hostname):
+                auth = _basic_auth(*creds)
+            else:
+                _log("not sending credentials for %s to the plain-http token realm %s"
+                     % (self.host, parts.netloc))
+        resp = self._request("GET", url, {"Accept": "application/json"}, auth,
+                             read_body=True, host=parts.netloc)
+        if resp.status != 200:
+            what = "rejected the credentials for %s" % self.host if (
+                auth and resp.status in (401, 403)) else "answered %d" % resp.status
+            raise _AttemptFailed(_Outcome("token_failed", "token endpoint %s %s"
+                                          % (parts.netloc, what)))
+        try:
+            data = json.loads(resp.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            data = None
+        token = None
+        if isinstance(data, dict):
+            token = data.get("token") or data.get("access_token")
+        if not isinstance(token, str) or not token or _CONTROL_RE.search(token):
+            raise _AttemptFailed(_Outcome("token_failed", "token endpoint %s answered without"
+                                          " a token" % parts.netloc))
+        lifetime = data.get("expires_in")
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)):
+            lifetime = TOKEN_MIN_LIFETIME
+        self.token = (token, self.clock() + max(TOKEN_MIN_LIFETIME, lifetime) - 5)
+        return token
+
+    def _request(self, method, url, headers, auth, read_body=False, host=None):
+        import http.client
+        import urllib.error
+        import urllib.request
+        host = host or self.host
+        # the base URL was validated as http(s); the path is built from checked parts
+        req = urllib.request.Request(url, method=method, headers=dict(  # noqa: S310
+            headers, **{"User-Agent": "bump_image/" + __version__}))
+        if auth:
+            req.add_unredirected_header("Authorization", auth)
+        deadline = self.clock() + self.timeout
+        try:
+            try:
+                resp = self.opener.open(req, timeout=self.timeout)
+            except urllib.error.HTTPError as err:
+                if 300 <= err.code < 400:
+                    err.close()
+                    raise _AttemptFailed(_Outcome(
+                        "registry_error", "%s redirected and the redirect was not followed: %s"
+                        % (host, err.msg), retryable=False))
+                resp = err
+            with resp:
+                status = resp.getcode() if hasattr(resp, "getcode") else resp.status
+                body = b""
+                if read_body and status == 200:
+                    body = _read_bounded(resp, self.clock, deadline)
+                    if len(body) > BODY_LIMIT:
+                        raise _AttemptFailed(_Outcome(
+                            "token_failed", "the answer of %s is larger than %d bytes"
+                            % (host, BODY_LIMIT)))
+                return _Response(status, resp.headers, body)
+        except _AttemptFailed:
+            raise
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            raise _AttemptFailed(classify_transport_error(exc, host, self.timeout))
+
+
+def _basic_auth(user, password):
+    import base64
+    raw = ("%s:%s" % (user, password)).encode("utf-8")
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+# --------------------------------------------------------------------------
+# Deployments: pure decisions
+# --------------------------------------------------------------------------
+
+
+def _meta(obj):
+    return obj.get("metadata") or {}
+
+
+def _annotations(obj):
+    return _meta(obj).get("annotations") or {}
+
+
+def _conditions(obj):
+    return {c.get("type"): c for c in ((obj.get("status") or {}).get("conditions") or [])
+            if isinstance(c, dict)}
+
+
+class Plan:
+    """What to do with one Deployment: which containers, and which need the image."""
+
+    def __init__(self, containers, changes, previous_image):
+        self.containers = containers            # [name] checked or updated
+        self.changes = changes                  # [(list key, name)] to set
+        self.previous_image = previous_image
+
+    @property
+    def at_target(self):
+        return not self.changes
+
+
+def plan_deployment(deployment, target, container=None):
+    """Choose containers and compare images (pure); raise ``ContainerNotFound``.
+
+    With ``container``: that regular or init container.  Otherwise every container
+    and init container whose repository is the target's, else the first container.
+    """
+    name = _meta(deployment).get("name", "?")
+    pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+    entries = [("containers", c) for c in pod.get("containers") or [] if isinstance(c, dict)]
+    entries += [("initContainers", c) for c in pod.get("initContainers") or []
+                if isinstance(c, dict)]
+    if container is not None:
+        chosen = [e for e in entries if e[1].get("name") == container]
+        if not chosen:
+            regular = [c.get("name") for k, c in entries if k == "containers"]
+            init = [c.get("name") for k, c in entries if k == "initContainers"]
+            raise ContainerNotFound('Deployment "%s" has no container "%s" (containers: %s%s)'
+                                    % (name, container, ", ".join(map(str, regular)) or "none",
+                                       "; init containers: " + ", ".join(map(str, init))
+                                       if init else ""))
+    else:
+        chosen = [e for e in entries if _same_repository(e[1].get("image"), target)]
+        if not chosen:
+            chosen = [e for e in entries if e[0] == "containers"][:1]
+        if not chosen:
+            raise ContainerNotFound('Deployment "%s" has no containers' % name)
+    changes = [(k, c.get("name")) for k, c in chosen if not _at_target(c.get("image"), target)]
+    return Plan([c.get("name") for _, c in chosen], changes, chosen[0][1].get("image"))
+
+
+def _same_repository(image, target):
+    ref = _loose_image(image) if isinstance(image, str) else None
+    return ref is not None and ref.name == target.name
+
+
+def _at_target(image, target):
+    if not isinstance(image, str):
+        return False
+    ref = _loose_image(image)
+    return target.same_image(ref) if ref is not None else image == target.text
+
+
+def build_patch(plan, image, cause):
+    """The strategic merge patch: the new image on each changed container, and
+    the change-cause annotation, in one request."""
+    spec = {}
+    for key, name in plan.changes:
+        spec.setdefault(key, []).append({"name": name, "image": image})
+    return {"metadata": {"annotations": {CHANGE_CAUSE: cause}},
+            "spec": {"template": {"spec": spec}}}
+
+
+def rollout_verdict(deployment):
+    """``(done, message, failed)`` for a Deployment, like kubectl's rollout status.
+
+    The ladder: generation not observed → waiting; progress deadline exceeded →
+    failed; fewer updated replicas than wanted, old replicas still there, or
+    updated replicas not yet available → waiting; else done.
+    """
+    name = _meta(deployment).get("name", "?")
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    generation = _meta(deployment).get("generation") or 0
+    if (status.get("observedGeneration") or 0) < generation:
+        return False, "waiting for the rollout of %s to be observed" % name, False
+    progressing = _conditions(deployment).get("Progressing") or {}
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return False, 'deployment "%s" exceeded its progress deadline' % name, True
+    want = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas") or 0
+    total = status.get("replicas") or 0
+    available = status.get("availableReplicas") or 0
+    if updated < want:
+        return False, "%d of %d updated replicas are available" % (updated, want), False
+    if total > updated:
+        return False, "%d old replicas are pending termination" % (total - updated), False
+    if available < updated:
+        return False, "%d of %d updated replicas are available" % (available, updated), False
+    return True, 'deployment "%s" successfully rolled out' % name, False
+
+
+def _owned_by(obj, owner):
+    uid = _meta(owner).get("uid")
+    for ref in _meta(obj).get("ownerReferences") or []:
+        if uid and ref.get("uid") == uid:
+            return True
+        if not uid and ref.get("name") == _meta(owner).get("name") and \
+                ref.get("kind") == owner.get("kind"):
+            return True
+    return False
+
+
+def new_replicaset(deployment, replicasets):
+    """The Deployment's current ReplicaSet: owned by it, at its revision."""
+    revision = _annotations(deployment).get(REVISION)
+    owned = [rs for rs in replicasets if _owned_by(rs, deployment)]
+    for rs in owned:
+        if revision is not None and _annotations(rs).get(REVISION) == revision:
+            return rs
+    return None
+
+
+def _active_pods(rs, pods):
+    return [p for p in pods if _owned_by(p, rs) and not _meta(p).get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+
+
+def _statuses(pod):
+    status = pod.get("status") or {}
+    return (list(status.get("initContainerStatuses") or [])
+            + list(status.get("containerStatuses") or []))
+
+
+def diagnose(deployment, replicasets, pods):
+    """Problems that stop a rollout now (pure): ``[(key, message, immediate)]``.
+
+    A container of the new ReplicaSet's pods waiting in a reason such as
+    ImagePullBackOff or CrashLoopBackOff, a ``ReplicaFailure`` condition (both must
+    persist for ``fail_fast_seconds``) or ``ProgressDeadlineExceeded`` (at once).
+    """
+    name = _meta(deployment).get("name", "?")
+    generation = _meta(deployment).get("generation") or 0
+    if ((deployment.get("status") or {}).get("observedGeneration") or 0) < generation:
+        return []
+    problems = []
+    conditions = _conditions(deployment)
+    progressing = conditions.get("Progressing") or {}
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        problems.append(((name, "deadline"), "ProgressDeadlineExceeded: %s" % (
+            progressing.get("message") or "the progress deadline passed"), True))
+    failure = conditions.get("ReplicaFailure") or {}
+    if failure.get("status") == "True":
+        problems.append(((name, "replica-failure"), "ReplicaFailure: %s: %s" % (
+            failure.get("reason") or "FailedCreate", failure.get("message") or ""), False))
+    rs = new_replicaset(deployment, replicasets)
+    if rs is None:
+        return problems
+    for pod in _active_pods(rs, pods):
+        pod_name = _meta(pod).get("name", "?")
+        for cs in _statuses(pod):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in BAD_WAITING_REASONS:
+                key = (pod_name, cs.get("name"), _REASON_CLASS.get(reason, reason))
+                text = "%s: %s (pod %s, container %s)" % (
+                    reason, (waiting.get("message") or "").strip() or "no message",
+                    pod_name, cs.get("name"))
+                problems.append((key, text, False))
+    return problems
+
+
+def verify_pods(deployment, replicasets, pods, containers, target, digest):
+    """Do the new ReplicaSet's pods run the target? ``(True|False|None, reason)``.
+
+    Terminating and completed pods are ignored; each named container (regular or
+    init) must report the target repository and, when the probe saw a digest, an
+    ``imageID`` carrying it.  None when there are no pods to check.
+    """
+    rs = new_replicaset(deployment, replicasets)
+    if rs is None:
+        return None, "no current ReplicaSet found"
+    active = _active_pods(rs, pods)
+    if not active:
+        return None, "no running pods to check"
+    for pod in active:
+        pod_name = _meta(pod).get("name", "?")
+        by_name = {cs.get("name"): cs for cs in _statuses(pod)}
+        for cname in containers:
+            cs = by_name.get(cname)
+            if cs is None:
+                return False, "pod %s has no status for container %s yet" % (pod_name, cname)
+            state = cs.get("state") or {}
+            image, image_id = cs.get("image") or "", cs.get("imageID") or ""
+            if "running" not in state and (state.get("terminated") or {}).get("exitCode") != 0:
+                return False, "pod %s container %s is not running" % (pod_name, cname)
+            ref = _loose_image(image)
+            if ref is not None and ref.name != target.name:
+                return False, "pod %s container %s runs %s, not %s" % (
+                    pod_name, cname, image, target.text)
+            if digest:
+                if not (image_id.endswith("@" + digest) or image_id == digest):
+                    return False, "pod %s container %s runs %s, not digest %s" % (
+                        pod_name, cname, image_id or "an unknown image ID", digest)
+            elif ref is not None and not ref.digest and ref.tag and target.tag and \
+                    ref.tag != target.tag:
+                return False, "pod %s container %s runs %s, not %s" % (
+                    pod_name, cname, image, target.text)
+    return True, "%d pod%s run%s the target" % (
+        len(active), "" if len(active) == 1 else "s", "s" if len(active) == 1 else "")
+
+
+# --------------------------------------------------------------------------
+# kubectl: the subprocess edge
+# --------------------------------------------------------------------------
+
+
+class Completed:
+    """The result of one command: exit status, decoded output, whether it timed out."""
+
+    __slots__ = ("returncode", "stdout", "stderr", "timed_out")
+
+    def __init__(self, returncode, stdout="", stderr="", timed_out=False):
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.timed_out = timed_out
+
+
+class ProcessRunner:
+    """Runs kubectl: an argument list (never a shell), a deadline on every call,
+    the child killed when the deadline passes, on ``kill()`` or on an interrupt.
+
+    A runner is any callable ``runner(argv, timeout=, env=, tag=) -> Completed``;
+    ``resolve(binary, env)`` and ``kill(tag=None)`` are used when present.
+    """
+
+    def __init__(self):
+        import threading
+        self._lock = threading.RLock()
+        self._live = {}
+
+    @staticmethod
+    def resolve(binary, env):
+        """The executable's path, or None when it is not there or not executable."""
+        import shutil
+        return shutil.which(binary, path=(env or os.environ).get("PATH", os.defpath))
+
+    def __call__(self, argv, timeout, env=None, tag=None):
+        import subprocess
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        with self._lock:
+            self._live[proc] = tag
+        try:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                timed_out = True
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            with self._lock:
+                self._live.pop(proc, None)
+        return Completed(proc.returncode, (out or b"").decode("utf-8", "replace"),
+                         (err or b"").decode("utf-8", "replace"), timed_out)
+
+    def kill(self, tag=None):
+        """Kill the running children started with ``tag`` (all when None)."""
+        with self._lock:
+            procs = [p for p, t in self._live.items() if tag is None or t == tag]
+        for proc in procs:
+            try:
+                proc.kill()
+            except OSError:
+                pass
+
+
+_KLOG_RE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")
+
+
+def kubectl_message(completed):
+    """kubectl's own error message, without klog noise, bounded in length."""
+    lines = [ln.strip() for ln in completed.stderr.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not _KLOG_RE.match(ln)] or lines
+    text = " | ".join(useful) or (completed.stdout.strip()[:200]
+                                  or "kubectl exited with status %s" % completed.returncode)
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+class Kubectl:
+    """kubectl calls for one run: global flags, deadlines, errors as KubectlFailed."""
+
+    def __init__(self, settings, runner, env):
+        self.runner = runner
+        self.env = env
+        self.base = [settings.kubectl]
+        if settings.context:
+            self.base.append("--context=" + settings.context)
+        if settings.kubeconfig:
+            self.base.append("--kubeconfig=" + settings.kubeconfig)
+        self.ns = "--namespace=" + settings.namespace
+
+    def call(self, args, timeout=KUBECTL_CALL_TIMEOUT, tag=None, request_timeout=True):
+        argv = self.base + list(args)
+        if request_timeout:
+            argv.append("--request-timeout=%ds" % KUBECTL_REQUEST_TIMEOUT)
+        try:
+            return self.runner(argv, timeout=timeout, env=self.env, tag=tag)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise KubectlFailed("cannot run %s: %s" % (self.base[0], exc.strerror or exc))
+
+    def checked(self, args, what):
+        done = self.call(args)
+        if done.timed_out:
+            raise KubectlFailed("kubectl %s did not finish within %g s" % (what,
+                                                                           KUBECTL_CALL_TIMEOUT))
+        if done.returncode != 0:
+            raise KubectlFailed(kubectl_message(done))
+        return done
+
+    def json(self, args, what):
+        done = self.checked(args + ["--output=json"], what)
+        text = done.stdout.strip()
+        if not text:
+            return {"kind": "List", "items": []}
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise KubectlFailed("kubectl %s printed output that is not JSON: %s"
+                                % (what, text[:200]))
+        if not isinstance(data, dict):
+            raise KubectlFailed("kubectl %s printed unexpected JSON" % what)
+        return data
+
+    def kill(self, tag=None):
+        kill = getattr(self.runner, "kill", None)
+        if kill is not None:
+            kill(tag)
+
+
+def _items(data):
+    if data.get("kind", "").endswith("List") or "items" in data:
+        return [i for i in data.get("items") or [] if isinstance(i, dict)]
+    return [data]
+
+
+# --------------------------------------------------------------------------
+# The engine: preflight -> probe -> read -> apply -> wait -> verify -> report
+# --------------------------------------------------------------------------
+
+_logger = None
+
+
+def _log(message):
+    global _logger
+    if _logger is None:
+        import logging
+        _logger = logging.getLogger("bump_image")
+    _logger.info(message)
+
+
+class Component:
+    """The result for one Deployment: its JSON line, plus bookkeeping."""
+
+    def __init__(self, name, namespace, image, digest, started):
+        self.name = name
+        self.namespace = namespace
+        self.image = image
+        self.digest = digest
+        self.started = started
+        self.status = None
+        self.previous_image = None
+        self.containers = []
+        self.duration = None
+        self.error = None
+        self.verified = None
+        self.rolled_back = False
+        self.restored_image = None
+        self.revision = None
+        self.verify = False          # waited for a rollout: check its pods
+
+    def finish(self, status, clock, code=None, message=None):
+        self.status = status
+        if code:
+            self.error = {"code": code, "message": message}
+        self.duration = round(clock() - self.started, 3)
+
+    def event(self):
+        return {"event": "component", "component": self.name, "namespace": self.namespace,
+                "status": self.status, "image": self.image,
+                "previous_image": self.previous_image, "containers": self.containers,
+                "duration_seconds": self.duration, "error": self.error,
+                "digest": self.digest, "verified": self.verified,
+                "rolled_back": self.rolled_back, "restored_image": self.restored_image}
+
+
+class _Wait:
+    """One rollout being waited for."""
+
+    def __init__(self, comp, deadline, timeout, kind):
+        self.comp = comp
+        self.deadline = deadline
+        self.timeout = timeout
+        self.kind = kind            # "change", "existing" or "rollback"
+        self.tag = "%s:%s" % (comp.name, kind)
+        self.outcome = None         # None ok, or (code, message)
+        self.failfast = None        # set by the fail-fast check before it stops the wait
+        self.failed = None          # for a rollback: the failure that caused it
+
+
+class Result:
+    """Everything one run produced: the probe, each component, the summary."""
+
+    def __init__(self, image, probe, components, exit_code, interrupted=None, duration=0.0):
+        self.image = image
+        self.probe = probe
+        self.components = components
+        self.exit_code = exit_code
+        self.interrupted = interrupted
+        self.duration = duration
+
+    def summary(self):
+        counts = dict.fromkeys(("changed", "unchanged", "skipped", "planned", "error"), 0)
+        for c in self.components:
+            counts[c.status] = counts.get(c.status, 0) + 1
+        status = "ok" if self.exit_code == 0 else "failed"
+        if self.interrupted:
+            status = "interrupted"
+        return {"event": "summary", "status": status, "image": self.image,
+                "changed": counts["changed"], "unchanged": counts["unchanged"],
+                "skipped": counts["skipped"], "planned": counts["planned"],
+                "errors": counts["error"], "exit_code": self.exit_code,
+                "duration_seconds": round(self.duration, 3)}
+
+    def events(self):
+        """The output lines as dicts: probe, one per component, summary."""
+        return ([self.probe.event(self.image)] + [c.event() for c in self.components]
+                + [self.summary()])
+
+
+class Engine:
+    """One run of the tool with its effects injected; see ``bump``."""
+
+    def __init__(self, settings, runner=None, opener=None, sleeper=None, clock=None,
+                 env=None, on_event=None, http_timeout=HTTP_TIMEOUT):
+        self.s = settings
+        self.http_timeout = http_timeout
+        self.runner = runner if runner is not None else ProcessRunner()
+        self.opener = opener
+        self.sleeper = sleeper if sleeper is not None else time.sleep
+        self.clock = clock if clock is not None else time.monotonic
+        self.env = dict(os.environ if env is None else env)
+        self.on_event = on_event if on_event is not None else (lambda event: None)
+        self.kubectl = Kubectl(settings, self.runner, self.env)
+        self.probe_result = None
+        self.components = []
+        self.interrupted = None
+        self._threads = []
+        image = settings.image
+        self.cause = "bump_image " + image.text
+
+    # -- the run -----------------------------------------------------------
+
+    def run(self):
+        started = self.clock()
+        try:
+            self.preflight()
+            self.probe_result = self.probe()
+            self.on_event(self.probe_result.event(self.s.image.text))
+            if self.probe_result.status != "unavailable":
+                self.apply(self.read())
+        except (Interrupted, KeyboardInterrupt) as exc:
+            self.interrupted = getattr(exc, "signum", 2)
+            self.kubectl.kill()
+            for thread in self._threads:
+                thread.join(1.0)
+            self.finish_interrupted()
+        result = Result(self.s.image.text, self.probe_result, self.components,
+                        self.exit_code(), self.interrupted, self.clock() - started)
+        for comp in result.components:
+            self.on_event(comp.event())
+        self.on_event(result.summary())
+        return result
+
+    def exit_code(self):
+        if self.interrupted:
+            return 128 + self.interrupted
+        if self.probe_result.status == "unavailable":
+            return 3
+        return 1 if any(c.status == "error" for c in self.components) else 0
+
+    def finish_interrupted(self):
+        message = "interrupted by %s" % ("SIGTERM" if self.interrupted == 15 else "SIGINT")
+        if self.probe_result is None:
+            self.probe_result = ProbeResult("unavailable", 0, None,
+                                            {"code": "interrupted", "message": message})
+            self.on_event(self.probe_result.event(self.s.image.text))
+            return
+        if self.probe_result.status == "unavailable":
+            return
+        started = {c.name: c for c in self.components}
+        self.components = []
+        for name in self.s.deployments:
+            comp = started.get(name)
+            if comp is None:
+                comp = Component(name, self.s.namespace, self._target_image(),
+                                 self.probe_result.digest, self.clock())
+                comp.finish("error", self.clock, "interrupted", message + " before this"
+                            " Deployment was read or changed")
+            elif comp.status is None:
+                comp.finish("error", self.clock, "interrupted", message + " before this"
+                            " Deployment finished (its change may have been applied)")
+            self.components.append(comp)
+
+    # -- preflight ---------------------------------------------------------
+
+    def preflight(self):
+        """kubectl must exist; the context guard must pass (exit 4 otherwise)."""
+        resolve = getattr(self.runner, "resolve", None)
+        if resolve is not None and resolve(self.s.kubectl, self.env) is None:
+            raise EnvironmentProblem(
+                "kubectl not found or not executable: %s" % self.s.kubectl, "kubectl_missing",
+                hint='install kubectl or give its path as "kubectl" in the payload')
+        expected = self.s.expected_context
+        if not expected:
+            return
+        if self.env.get("KUBERNETES_SERVICE_HOST"):
+            _log("in-cluster (KUBERNETES_SERVICE_HOST is set): context guard skipped")
+            return
+        actual = self.s.context
+        if actual is None:
+            try:
+                done = self.kubectl.call(["config", "current-context"], request_timeout=False)
+            except KubectlFailed as exc:
+                raise EnvironmentProblem(exc.message, "kubectl_missing")
+            if done.returncode != 0 or done.timed_out:
+                raise EnvironmentProblem("cannot read kubectl's current context: %s"
+                                         % kubectl_message(done), "context_mismatch")
+            actual = done.stdout.strip()
+        if actual != expected:
+            raise EnvironmentProblem(
+                "kubectl context is %s, expected %s: refusing to run"
+                % (json.dumps(actual), json.dumps(expected)), "context_mismatch",
+                hint="switch with kubectl config use-context %s, or pass \"context\"" % expected)
+
+    # -- probe -------------------------------------------------------------
+
+    def probe(self):
+        ref = self.s.image
+        if not will_probe(ref, self.s.probe):
+            why = "probe is never" if self.s.probe == "never" else "no external registry host"
+            _log("probe %s: skipped (%s)" % (ref.text, why))
+            return ProbeResult("skipped", 0, ref.digest)
+        opener = self.opener if self.opener is not None else default_opener()
+        return RegistryProbe(self.s, opener, self.sleeper, self.clock, self.env,
+                             self.http_timeout).run()
+
+    def _target_image(self):
+        digest = self.probe_result.digest if self.probe_result else None
+        if self.s.pin_digest and digest:
+            return self.s.image.pinned(digest)
+        return self.s.image.text
+
+    # -- read ----------------------------------------------------------------
+
+    def read(self):
+        """All selected Deployments with one kubectl process: {name: object},
+        or a KubectlFailed that every component then reports."""
+        try:
+            data = self.kubectl.json(["get", "deployments"] + list(self.s.deployments)
+                                     + [self.kubectl.ns, "--ignore-not-found"],
+                                     "get deployments")
+        except KubectlFailed as exc:
+            return exc
+        return {_meta(d).get("name"): d for d in _items(data) if d.get("kind") in
+                (None, "Deployment")}
+
+    # -- apply ---------------------------------------------------------------
+
+    def apply(self, found):
+        waits = []
+        for name in self.s.deployments:
+            comp = Component(name, self.s.namespace, self._target_image(),
+                             self.probe_result.digest, self.clock())
+            self.components.append(comp)
+            wait = self.prepare(comp, found)
+            if wait is not None:
+                waits.append(wait)
+            if waits and not self.s.parallel:
+                self.settle(waits)
+                waits = []
+        if waits:
+            self.settle(waits)
+        self.verify()
+
+    def prepare(self, comp, found):
+        """Decide for one Deployment and apply its change; a ``_Wait`` when its
+        rollout must be waited for, else the component is finished."""
+        s, name = self.s, comp.name
+        if isinstance(found, KubectlFailed):
+            comp.finish("error", self.clock, "kubectl_failed", found.message)
+            return None
+        dep = found.get(name)
+        if dep is None:
+            if s.named:
+                comp.finish("error", self.clock, "not_found", 'Deployment "%s" not found in'
+                            ' namespace "%s"' % (name, s.namespace))
+            else:
+                _log("%s: not found in namespace %s, skipped (a default)" % (name, s.namespace))
+                comp.finish("skipped", self.clock)
+            return None
+        try:
+            plan = plan_deployment(dep, s.image, s.container)
+        except ContainerNotFound as exc:
+            comp.finish("error", self.clock, exc.code, exc.message)
+            return None
+        comp.containers, comp.previous_image = plan.containers, plan.previous_image
+        comp.revision = _annotations(dep).get(REVISION)
+        spec = dep.get("spec") or {}
+        paused, replicas = bool(spec.get("paused")), spec.get("replicas", 1)
+        if plan.at_target:
+            done, message, failed = rollout_verdict(dep)
+            if replicas == 0:
+                comp.finish("error", self.clock, "scaled_to_zero", "already at the target, but"
+                            " spec.replicas is 0: no pod runs it")
+            elif done:
+                _log("%s: already at %s" % (name, comp.image))
+                comp.finish("unchanged", self.clock)
+            elif failed:
+                comp.finish("error", self.clock, "rollout_failed", "already at the target, but"
+                            " its rollout failed: " + message)
+            elif paused:
+                comp.finish("error", self.clock, "deployment_paused", "already at the target,"
+                            " but the rollout is paused (kubectl rollout resume deployment/%s)"
+                            % name)
+            elif s.dry_run:
+                _log("%s: at the target, rollout still in progress (%s); dry run, not waiting"
+                     % (name, message))
+                comp.finish("unchanged", self.clock)
+            else:
+                _log("%s: already at the target; its rollout is not complete, waiting (%s)"
+                     % (name, message))
+                return self._wait_for(comp, "existing")
+            return None
+        if paused:
+            comp.finish("error", self.clock, "deployment_paused", "the Deployment is paused;"
+                        " not changed (resume it with kubectl rollout resume deployment/%s -n %s"
+                        " and run again)" % (name, s.namespace))
+            return None
+        changes = ", ".join("%s=%s" % (n, comp.image) for _, n in plan.changes)
+        if s.dry_run:
+            _log("%s: would set %s (now %s)" % (name, changes, plan.previous_image))
+            comp.finish("planned", self.clock)
+            return None
+        _log("%s: setting %s (was %s)" % (name, changes, plan.previous_image))
+        patch = build_patch(plan, comp.image, self.cause)
+        try:
+            self.kubectl.checked(["patch", "deployment", name, self.kubectl.ns,
+                                  "--type=strategic", "--field-manager=" + FIELD_MANAGER,
+                                  "--patch=" + json.dumps(patch, separators=(",", ":"))],
+                                 "patch")
+        except KubectlFailed as exc:
+            comp.finish("error", self.clock, "kubectl_failed", exc.message)
+            return None
+        if replicas == 0:
+            comp.finish("error", self.clock, "scaled_to_zero", "template set to %s, but"
+                        " spec.replicas is 0: no pod runs it" % comp.image)
+            return None
+        return self._wait_for(comp, "change")
+
+    def _wait_for(self, comp, kind, timeout=None):
+        timeout = timeout or self.s.rollout_timeout
+        return _Wait(comp, self.clock() + timeout, timeout, kind)
+
+    def settle(self, waits):
+        """Wait for rollouts, finish their components, roll back failures."""
+        self.wait(waits)
+        rollbacks = []
+        for w in waits:
+            comp = w.comp
+            if w.outcome is None:
+                comp.verify = True
+                _log("%s: rolled out" % comp.name)
+                comp.finish("changed" if w.kind == "change" else "unchanged", self.clock)
+                continue
+            code, message = w.outcome
+            _log("%s: %s: %s" % (comp.name, code, message))
+            if w.kind == "change" and self.s.rollback_on_failure and code in (
+                    "rollout_failed", "rollout_timeout"):
+                rollback = self.rollback(w)
+                if rollback is not None:
+                    rollbacks.append(rollback)
+                    continue
+            comp.finish("error", self.clock, code, message)
+        if rollbacks:
+            self.wait(rollbacks)
+            for w in rollbacks:
+                self.finish_rollback(w)
+
+    def rollback(self, w):
+        """``kubectl rollout undo`` to the revision read before the change."""
+        comp = w.comp
+        code, message = w.outcome
+        args = ["rollout", "undo", "deployment/" + comp.name, self.kubectl.ns]
+        if comp.revision:
+            args.append("--to-revision=" + comp.revision)
+        _log("%s: rolling back to revision %s (%s)" % (comp.name, comp.revision or "previous",
+                                                       comp.previous_image))
+        try:
+            self.kubectl.checked(args, "rollout undo")
+        except KubectlFailed as exc:
+            comp.finish("error", self.clock, code, "%s; rollback failed: %s"
+                        % (message, exc.message))
+            return None
+        timeout = min(self.s.rollout_timeout, ROLLBACK_TIMEOUT_CAP)
+        rollback = self._wait_for(comp, "rollback", timeout)
+        rollback.failed = (code, message)
+        return rollback
+
+    def finish_rollback(self, w):
+        comp = w.comp
+        code, message = w.failed
+        if w.outcome is None:
+            comp.rolled_back = True
+            comp.restored_image = comp.previous_image
+            _log("%s: rolled back to %s" % (comp.name, comp.previous_image))
+            comp.finish("error", self.clock, code, "%s; rolled back to revision %s (%s)"
+                        % (message, comp.revision or "previous", comp.previous_image))
+        else:
+            comp.finish("error", self.clock, code, "%s; rollback did not complete: %s"
+                        % (message, w.outcome[1]))
+
+    # -- waiting -------------------------------------------------------------
+
+    def wait(self, waits):
+        """Wait for rollouts concurrently; fail fast on pods that cannot start.
+
+        Each rollout is a ``kubectl rollout status`` child bounded by its remaining
+        time.  Meanwhile, every few seconds, one read of the namespace's
+        Deployments, ReplicaSets and Pods looks for problems (``diagnose``); one that
+        lasts ``fail_fast_seconds`` (or a passed progress deadline) stops its wait.
+        """
+        import threading
+        done = threading.Event()
+
+        def worker(w):
+            try:
+                w.outcome = self.rollout_status(w)
+            except KubectlFailed as exc:
+                w.outcome = ("kubectl_failed", exc.message)
+            finally:
+                done.set()
+
+        threads = []
+        for w in waits:
+            _log("%s: waiting for the rollout (up to %d s)" % (w.comp.name, w.timeout))
+            thread = threading.Thread(target=worker, args=(w,), daemon=True)
+            thread.start()
+            threads.append(thread)
+        self._threads = threads
+        interval = min(5.0, max(1.0, self.s.fail_fast_seconds / 6.0))
+        next_poll = self.clock() + interval
+        first_seen = {}
+        polling = True
+        while any(t.is_alive() for t in threads):
+            done.wait(max(0.05, min(interval, next_poll - self.clock())))
+            done.clear()
+            pending = [w for w, t in zip(waits, threads) if t.is_alive() and not w.failfast]
+            if polling and pending and self.clock() >= next_poll:
+                polling = self.fail_fast(pending, first_seen)
+                next_poll = self.clock() + interval
+        for thread in threads:
+            thread.join()
+
+    def fail_fast(self, pending, first_seen):
+        """One diagnostic read; stop the waits whose problems have lasted long
+        enough.  Returns False when the read is not possible (keep waiting only)."""
+        facts = self.facts()
+        if facts is None:
+            return False
+        deployments, replicasets, pods = facts
+        now = self.clock()
+        for w in pending:
+            dep = deployments.get(w.comp.name)
+            if dep is None:
+                continue
+            for key, message, immediate in diagnose(dep, replicasets, pods):
+                since = first_seen.setdefault(key, now)
+                if immediate or now - since >= self.s.fail_fast_seconds:
+                    w.failfast = message
+                    _log("%s: %s, stopping the wait" % (w.comp.name, message))
+                    self.kubectl.kill(w.tag)
+                    break
+        return True
+
+    def facts(self):
+        """Deployments (by name), ReplicaSets and Pods of the namespace, or None."""
+        try:
+            data = self.kubectl.json(["get", "deployments,replicasets,pods", self.kubectl.ns],
+                                     "get deployments,replicasets,pods")
+        except KubectlFailed as exc:
+            _log("cannot read pods for diagnostics and verification: %s" % exc.message)
+            return None
+        items = _items(data)
+        deployments = {_meta(i).get("name"): i for i in items if i.get("kind") == "Deployment"}
+        replicasets = [i for i in items if i.get("kind") == "ReplicaSet"]
+        pods = [i for i in items if i.get("kind") == "Pod"]
+        return deployments, replicasets, pods
+
+    def rollout_status(self, w):
+        """Run ``kubectl rollout status`` for the time left; None when complete."""
+        remaining = w.deadline - self.clock()
+        if remaining < 1:
+            return ("rollout_timeout", "the rollout did not complete within %d s" % w.timeout)
+        seconds = int(remaining + 0.999)
+        done = self.kubectl.call(
+            ["rollout", "status", "deployment/" + w.comp.name, self.kubectl.ns,
+             "--watch=true", "--timeout=%ds" % seconds],
+            timeout=seconds + ROLLOUT_GRACE, tag=w.tag, request_timeout=False)
+        if w.failfast:
+            return ("rollout_failed", w.failfast)
+        if done.timed_out:
+            return ("rollout_timeout", "the rollout did not complete within %d s" % w.timeout)
+        if done.returncode == 0:
+            return None
+        message = kubectl_message(done)
+        if "exceeded its progress deadline" in message:
+            return ("rollout_failed", "ProgressDeadlineExceeded: " + message)
+        if "timed out waiting" in message:
+            return ("rollout_timeout", "the rollout did not complete within %d s (%s)"
+                    % (w.timeout, message))
+        if "not found" in message or "deleted" in message:
+            return ("rollout_failed", "the Deployment went away during the rollout: " + message)
+        return ("kubectl_failed", message)
+
+    # -- verify --------------------------------------------------------------
+
+    def verify(self):
+        """Check the pods of every rolled-out Deployment with one read."""
+        todo = [c for c in self.components if c.verify]
+        if not todo:
+            return
+        facts = self.facts()
+        if facts is None:
+            return
+        deployments, replicasets, pods = facts
+        target = self.s.image
+        for comp in todo:
+            dep = deployments.get(comp.name)
+            if dep is None:
+                comp.verified = False
+                _log("%s: verification: the Deployment is gone" % comp.name)
+                continue
+            comp.verified, reason = verify_pods(dep, replicasets, pods, comp.containers,
+                                                target, self.probe_result.digest)
+            _log("%s: verification: %s" % (comp.name, reason))
+
+
+def bump(payload, *, runner=None, opener=None, sleeper=None, clock=None, env=None,
+         on_event=None, http_timeout=HTTP_TIMEOUT):
+    """Run the tool on ``payload`` (a dict) and return a ``Result``.
+
+    Raises ``PayloadError`` for an invalid payload and ``EnvironmentProblem`` when
+    kubectl is missing or the context guard refuses; nothing is changed then.
+    ``runner``: runs kubectl (default ``ProcessRunner()``); ``opener``: urllib-style
+    opener for the probe (default ``default_opener()``); ``sleeper(seconds)``,
+    ``clock()`` (monotonic seconds), ``env`` (default ``os.environ``) and
+    ``on_event(dict)`` (each output line as it is ready); ``http_timeout`` (seconds per
+    registry request).
+    """
+    settings = parse_payload(payload)
+    engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper, clock=clock,
+                    env=env, on_event=on_event, http_timeout=http_timeout)
+    return engine.run()
+
+
+# --------------------------------------------------------------------------
+# Reporting and the command line
+# --------------------------------------------------------------------------
+
+
+def render_text(events):
+    """The ``--format text`` table: one aligned line per component, or one line
+    for a failed probe or an error."""
+    rows = []
+    for e in events:
+        if e["event"] == "error":
+            err = e["error"]
+            rows.append(("error", err["code"], err["message"]
+                         + (" (%s)" % err["hint"] if err.get("hint") else "")))
+        elif e["event"] == "probe" and e["status"] == "unavailable":
+            err = e["error"] or {}
+            rows.append(("probe", "unavailable", "%s  %s: %s" % (
+                e["image"], err.get("code"), err.get("message"))))
+        elif e["event"] == "component":
+            text = e["image"]
+            if e["error"]:
+                text += "  %s: %s" % (e["error"]["code"], e["error"]["message"])
+            rows.append((e["component"], e["status"], text))
+    if not rows:
+        return ""
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "".join("%s  %s  %s\n" % (a.ljust(w0), b.ljust(w1), c) for a, b, c in rows)
+
+
+def _argument_parser(out):
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise UsageError(message, hint="see %s --help" % self.prog)
+
+        def exit(self, status=0, message=None):
+            if message:
+                raise UsageError(message.strip())
+            raise _Exit(status)
+
+        def _print_message(self, message, file=None):
+            if message:
+                out.write(message)
+
+    parser = Parser(
+        prog="bump_image",
+        description="Move Kubernetes Deployments (default: %s in namespace %s) to one"
+                    " container image: probe the registry, set the image where needed,"
+                    " wait for the rollouts, report JSON lines." % (
+                        ", ".join(DEFAULT_DEPLOYMENTS), DEFAULT_NAMESPACE),
+        epilog="Exit codes: 0 ok, 1 a component failed, 2 bad input, 3 image unavailable,"
+               " 4 kubectl missing or wrong context, 130/143 interrupted.  Payload keys:"
+               " see README.md.")
+    parser.add_argument("--payload", metavar="JSON|@FILE|-",
+                        help="the payload: a JSON object, @file to read one, - for stdin")
+    parser.add_argument("--image", help="target image (overrides the payload)")
+    parser.add_argument("--namespace", help="namespace (overrides the payload)")
+    parser.add_argument("--deployment", action="append", metavar="NAME",
+                        help="a Deployment to bump; repeat for several (overrides the payload)")
+    parser.add_argument("--dry-run", action="store_true", default=None,
+                        help="probe and read, report what would change, change nothing")
+    parser.add_argument("--format", choices=("jsonl", "text"), default="jsonl",
+                        help="stdout format (default: jsonl)")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    return parser
+
+
+class _Exit(Exception):
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+def _reject_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise PayloadError("the payload names key %s twice" % json.dumps(key))
+        out[key] = value
+    return out
+
+
+def _reject_constant(name):
+    raise PayloadError("the payload holds %s, which is not a JSON number" % name)
+
+
+def load_payload(text):
+    """Parse payload JSON text strictly (no NaN, no duplicate keys)."""
+    if not text.strip():
+        raise PayloadError("the payload is empty", hint='e.g. --payload \'{"image": "..."}\'')
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicates,
+                          parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise PayloadError("the payload is not valid JSON: %s" % exc)
+    except RecursionError:
+        raise PayloadError("the payload is nested too deeply")
+
+
+def _read_payload(source, stdin):
+    if source == "-":
+        stream = getattr(stdin, "buffer", stdin)
+        raw = stream.read(PAYLOAD_LIMIT + 1)
+        where = "stdin"
+    elif source.startswith("@"):
+        where = source[1:]
+        try:
+            with open(where, "rb") as fh:
+                raw = fh.read(PAYLOAD_LIMIT + 1)
+        except OSError as exc:
+            raise PayloadError("cannot read the payload file %s: %s"
+                               % (json.dumps(where), exc.strerror or exc))
+    else:
+        return source
+    if len(raw) > PAYLOAD_LIMIT:
+        raise PayloadError("the payload from %s is larger than %d bytes" % (where, PAYLOAD_LIMIT))
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PayloadError("the payload from %s is not UTF-8 text" % where)
+
+
+def payload_from_args(args, stdin):
+    """The payload dict: ``--payload`` with the override flags applied."""
+    if args.payload is None and args.image is None:
+        raise UsageError("no payload: give --payload JSON|@FILE|- or at least --image",
+                         hint="see bump_image --help")
+    payload = {}
+    if args.payload is not None:
+        payload = load_payload(_read_payload(args.payload, stdin))
+        if not isinstance(payload, dict):
+            raise PayloadError("the payload must be a JSON object, got %s" % _describe(payload))
+    if args.image is not None:
+        payload.pop("image_repository", None)
+        payload.pop("target_tag", None)
+        payload["image"] = args.image
+    if args.namespace is not None:
+        payload["namespace"] = args.namespace
+    if args.deployment:
+        for key in ("deployment", "deployments", "components"):
+            payload.pop(key, None)
+        payload["deployments"] = args.deployment
+    if args.dry_run:
+        payload["dry_run"] = True
+    return payload
+
+
+class _StderrHandler:
+    """Progress lines on stderr: ``bump_image: message``."""
+
+    def __init__(self, stream):
+        import logging
+
+        class Handler(logging.Handler):
+            def emit(self, record):
+                try:
+                    stream.write("bump_image: %s\n" % record.getMessage())
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+
+        self.logger = logging.getLogger("bump_image")
+        self.handler = Handler()
+        self.level = self.logger.level
+
+    def __enter__(self):
+        import logging
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+class _Signals:
+    """SIGINT and SIGTERM raise ``Interrupted`` once (main thread only)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+        self.saved = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        fired = []
+
+        def handler(signum, frame):
+            if not fired:
+                fired.append(signum)
+                raise Interrupted(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)
+
+
+def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=None,
+         opener=None, sleeper=None, clock=None):
+    """The command line; returns the exit code (see the module docstring)."""
+    stdin = stdin if stdin is not None else sys.stdin
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+    out = _Output(stdout)
+    try:
+        try:
+            args = _argument_parser(stdout).parse_args(
+                sys.argv[1:] if argv is None else list(argv))
+        except _Exit as done:
+            return done.status
+        out.format = args.format
+        with _StderrHandler(stderr), _Signals():
+            try:
+                settings = parse_payload(payload_from_args(args, stdin))
+                engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper,
+                                clock=clock, env=env, on_event=out.write)
+                code = engine.run().exit_code
+            except Interrupted as exc:
+                code = 128 + exc.signum
+        out.close()
+        return code
+    except BumpError as exc:
+        out.write(exc.event())
+        out.close()
+        return exc.exit_code
+    except BrokenPipeError:
+        return 1
+
+
+class _Output:
+    """stdout: JSON lines as they come, or the text table at the end."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.format = "jsonl"
+        self.events = []
+
+    def write(self, event):
+        if self.format == "jsonl":
+            self.stream.write(json.dumps(event) + "\n")
+            self.stream.flush()
+        else:
+            self.events.append(event)
+
+    def close(self):
+        if self.format == "text":
+            self.stream.write(render_text(self.events))
+            self.stream.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

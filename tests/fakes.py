@@ -1,0 +1,245 @@
+"""Fast fakes for unit tests: an in-memory kubectl runner and CLI helpers.
+
+``FakeKubectl`` is a runner for ``bump_image`` (``runner(argv, timeout=, env=,
+tag=) -> Completed``) that interprets the handful of kubectl commands the tool
+sends against a dict of Deployments.  It is for precise, fast cases; the real
+kubectl against the simulated API server (``k8s_sim``) is what proves we speak
+kubectl's language.
+"""
+
+import copy
+import io
+import json
+
+import bump_image
+
+IMAGE = "ghcr.io/noetl/noetl:v2.35.9"
+OLD = "ghcr.io/noetl/noetl:v2.35.8"
+DIGEST = "sha256:" + "d" * 64
+
+
+def deployment(name, containers=None, init=None, replicas=1, paused=False, complete=True,
+               revision="1", namespace="noetl", progress_deadline_exceeded=False):
+    """A Deployment object as ``kubectl get -o json`` prints it."""
+    containers = containers if containers is not None else {"main": OLD}
+    status = {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+              "readyReplicas": replicas, "availableReplicas": replicas}
+    if not complete:
+        status.update(updatedReplicas=0, availableReplicas=0, readyReplicas=0)
+    if progress_deadline_exceeded:
+        status["conditions"] = [{"type": "Progressing", "status": "False",
+                                 "reason": "ProgressDeadlineExceeded",
+                                 "message": 'ReplicaSet "%s-x" has timed out progressing.' % name}]
+    pod_spec = {"containers": [{"name": n, "image": i} for n, i in containers.items()]}
+    if init:
+        pod_spec["initContainers"] = [{"name": n, "image": i} for n, i in init.items()]
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "uid": "uid-" + name,
+                     "generation": 1, "annotations": {bump_image.REVISION: revision}},
+        "spec": {"replicas": replicas, "paused": paused,
+                 "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}},
+        "status": status,
+    }
+
+
+def noetl_cluster(image=OLD):
+    """The three NoETL Deployments; the worker has its init container."""
+    return {
+        "noetl-server": deployment("noetl-server", {"server": image}),
+        "noetl-worker": deployment("noetl-worker", {"worker": image},
+                                   init={"wait-for-api": image}),
+        "ollama-bridge": deployment("ollama-bridge", {"bridge": image}),
+    }
+
+
+class FakeKubectl:
+    """An in-memory kubectl: get, patch, rollout status/undo, config.
+
+    ``rollout`` maps a Deployment name to the ``Completed`` its ``rollout status``
+    returns (default: success); ``fail`` maps a verb (``get``, ``patch``, ``rollout
+    status``, ``rollout undo``, ``facts``, ``config``) to a ``Completed`` returned
+    instead of doing it; ``digests`` maps an image to the digest its pods report.
+    """
+
+    def __init__(self, deployments=None, context="sim", present=True):
+        self.deployments = copy.deepcopy(deployments if deployments is not None
+                                         else noetl_cluster())
+        self.context = context
+        self.present = present
+        self.calls = []
+        self.rollout = {}
+        self.fail = {}
+        self.digests = {}
+        self.history = {name: [] for name in self.deployments}
+
+    # -- the runner protocol ----------------------------------------------
+
+    def resolve(self, binary, env):
+        return "/usr/bin/" + binary if self.present else None
+
+    def kill(self, tag=None):
+        pass
+
+    def __call__(self, argv, timeout, env=None, tag=None):
+        self.calls.append(list(argv))
+        args = [a for a in argv[1:] if not a.startswith(("--request-timeout", "--context",
+                                                          "--kubeconfig"))]
+        if args[:2] == ["config", "current-context"]:
+            return self.fail.get("config") or bump_image.Completed(0, self.context + "\n")
+        if args[:2] == ["get", "deployments,replicasets,pods"]:
+            return self.fail.get("facts") or self._json({"kind": "List",
+                                                         "items": self._facts()})
+        if args[:2] == ["get", "deployments"]:
+            return self.fail.get("get") or self._get(
+                [a for a in args[2:] if not a.startswith("-")])
+        if args[:1] == ["patch"]:
+            return self.fail.get("patch") or self._patch(args[2], args)
+        if args[:2] == ["rollout", "status"]:
+            name = args[2].split("/", 1)[1]
+            return self.fail.get("rollout status") or self.rollout.get(name) or \
+                bump_image.Completed(0, 'deployment "%s" successfully rolled out\n' % name)
+        if args[:2] == ["rollout", "undo"]:
+            return self.fail.get("rollout undo") or self._undo(args[2].split("/", 1)[1])
+        raise AssertionError("unexpected kubectl call: %r" % (argv,))
+
+    # -- what tests look at ------------------------------------------------
+
+    def verbs(self):
+        """The calls as short verbs, e.g. ['get', 'patch noetl-server', ...]."""
+        out = []
+        for argv in self.calls:
+            args = [a for a in argv[1:] if not a.startswith("-")]
+            if args[0] in ("patch",):
+                out.append("patch " + args[2])
+            elif args[0] == "rollout":
+                out.append("rollout %s %s" % (args[1], args[2].split("/", 1)[1]))
+            elif args[:2] == ["get", "deployments,replicasets,pods"]:
+                out.append("facts")
+            elif args[0] == "get":
+                out.append("get")
+            else:
+                out.append(" ".join(args[:2]))
+        return out
+
+    def patches(self):
+        return [json.loads(next(a for a in argv if a.startswith("--patch="))[8:])
+                for argv in self.calls if argv[1:2] == ["patch"] or "patch" in argv[:3]]
+
+    def image_of(self, name, container, key="containers"):
+        spec = self.deployments[name]["spec"]["template"]["spec"]
+        return next(c["image"] for c in spec.get(key, []) if c["name"] == container)
+
+    # -- the commands --------------------------------------------------------
+
+    @staticmethod
+    def _json(obj):
+        return bump_image.Completed(0, json.dumps(obj))
+
+    def _get(self, names):
+        found = [self.deployments[n] for n in names if n in self.deployments]
+        if len(names) == 1:
+            return bump_image.Completed(0, json.dumps(found[0]) if found else "")
+        return self._json({"apiVersion": "v1", "kind": "List", "items": found})
+
+    def _patch(self, name, args):
+        if name not in self.deployments:
+            return bump_image.Completed(
+                1, "", 'Error from server (NotFound): deployments.apps "%s" not found\n' % name)
+        patch = json.loads(next(a for a in args if a.startswith("--patch="))[8:])
+        dep = self.deployments[name]
+        self.history[name].append(copy.deepcopy(dep))
+        spec = dep["spec"]["template"]["spec"]
+        for key, entries in patch["spec"]["template"]["spec"].items():
+            for entry in entries:
+                for c in spec.get(key, []):
+                    if c["name"] == entry["name"]:
+                        c["image"] = entry["image"]
+        dep["metadata"].setdefault("annotations", {}).update(patch["metadata"]["annotations"])
+        dep["metadata"]["generation"] += 1
+        revision = int(dep["metadata"]["annotations"][bump_image.REVISION]) + 1
+        dep["metadata"]["annotations"][bump_image.REVISION] = str(revision)
+        dep["status"]["observedGeneration"] = dep["metadata"]["generation"]
+        return bump_image.Completed(0, "deployment.apps/%s patched\n" % name)
+
+    def _undo(self, name):
+        if not self.history[name]:
+            return bump_image.Completed(1, "", "error: no rollout history found\n")
+        previous = self.history[name].pop()
+        dep = self.deployments[name]
+        dep["spec"]["template"] = previous["spec"]["template"]
+        dep["metadata"]["generation"] += 1
+        dep["status"]["observedGeneration"] = dep["metadata"]["generation"]
+        return bump_image.Completed(0, "deployment.apps/%s rolled back\n" % name)
+
+    def _facts(self):
+        items = []
+        for name, dep in self.deployments.items():
+            items.append(dep)
+            revision = dep["metadata"]["annotations"][bump_image.REVISION]
+            rs = {"kind": "ReplicaSet",
+                  "metadata": {"name": name + "-rs" + revision, "uid": "rs-" + name,
+                               "annotations": {bump_image.REVISION: revision},
+                               "ownerReferences": [{"uid": dep["metadata"]["uid"]}]}}
+            items.append(rs)
+            spec = dep["spec"]["template"]["spec"]
+            for i in range(dep["spec"]["replicas"]):
+                statuses = {}
+                for key, skey in (("containers", "containerStatuses"),
+                                  ("initContainers", "initContainerStatuses")):
+                    statuses[skey] = [{
+                        "name": c["name"], "image": c["image"],
+                        "imageID": c["image"].split(":")[0] + "@" + self.digests.get(
+                            c["image"], DIGEST),
+                        "state": {"running": {}} if key == "containers" else
+                        {"terminated": {"exitCode": 0}}} for c in spec.get(key, [])]
+                items.append({"kind": "Pod",
+                              "metadata": {"name": "%s-%s" % (name, i),
+                                           "ownerReferences": [{"uid": "rs-" + name}]},
+                              "status": dict(phase="Running", **statuses)})
+        return items
+
+
+class CliRun:
+    """What one ``bump_image.main`` call produced."""
+
+    def __init__(self, code, stdout, stderr):
+        self.code = code
+        self.stdout = stdout
+        self.stderr = stderr
+
+    @property
+    def events(self):
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def event(self, kind):
+        return [e for e in self.events if e["event"] == kind]
+
+    @property
+    def components(self):
+        return {e["component"]: e for e in self.event("component")}
+
+    @property
+    def summary(self):
+        return self.event("summary")[0]
+
+
+def run_cli(argv, stdin="", **effects):
+    """Call ``bump_image.main`` with captured streams; returns a ``CliRun``."""
+    out, err = io.StringIO(), io.StringIO()
+    effects.setdefault("sleeper", lambda seconds: None)
+    code = bump_image.main(list(argv), stdin=io.StringIO(stdin), stdout=out, stderr=err,
+                           **effects)
+    return CliRun(code, out.getvalue(), err.getvalue())
+
+
+class NoNetwork:
+    """An opener that fails the test if the probe tries to use it."""
+
+    def __init__(self):
+        self.used = []
+
+    def open(self, request, timeout=None):
+        self.used.append(request.full_url)
+        raise AssertionError("the network was contacted: %s" % request.full_url)

@@ -1,0 +1,158 @@
+"""The command line: payload sources, override flags, formats, exit codes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakes import IMAGE, OLD, FakeKubectl, NoNetwork, run_cli
+
+import bump_image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_payload_from_a_file(env, tmp_path):
+    path = tmp_path / "payload.json"
+    path.write_text(json.dumps({"image": IMAGE, "probe": "never", "deployment": "noetl-server"}))
+    run = run_cli(["--payload", "@" + str(path)], runner=FakeKubectl(), env=env)
+    assert run.code == 0 and list(run.components) == ["noetl-server"]
+
+
+def test_payload_from_stdin(env):
+    run = run_cli(["--payload", "-"], stdin=json.dumps({"image": IMAGE, "probe": "never"}),
+                  runner=FakeKubectl(), env=env)
+    assert run.code == 0 and run.summary["changed"] == 3
+
+
+@pytest.mark.parametrize("argv, stdin, message", [
+    (["--payload", "{"], "", "not valid JSON"),
+    (["--payload", ""], "", "payload is empty"),
+    (["--payload", "-"], "", "payload is empty"),
+    (["--payload", "[1]"], "", "must be a JSON object"),
+    (["--payload", '{"image": "a:1", "image": "b:1"}'], "", 'names key "image" twice'),
+    (["--payload", '{"image": "a:1", "ghcr_probe_sleep_seconds": NaN}'], "", "NaN"),
+    (["--payload", '{"image": "a:1", "ghcr_probe_sleep_seconds": Infinity}'], "", "Infinity"),
+    (["--payload", "@/nonexistent/payload.json"], "", "cannot read the payload file"),
+    (["--payload", "-"], " " * (bump_image.PAYLOAD_LIMIT + 5), "larger than"),
+    (["--payload", "[" * 100000], "", "nested too deeply|not valid JSON"),
+])
+def test_bad_payloads(env, argv, stdin, message):
+    kubectl, net = FakeKubectl(), NoNetwork()
+    run = run_cli(argv, stdin=stdin, runner=kubectl, opener=net, env=env)
+    assert run.code == 2
+    (event,) = run.events
+    assert event["event"] == "error" and event["exit_code"] == 2
+    assert event["error"]["code"] == "invalid_payload"
+    assert __import__("re").search(message, event["error"]["message"])
+    assert kubectl.calls == [] and net.used == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "no payload"),
+    (["--format", "yaml", "--image", IMAGE], "invalid choice"),
+    (["--bogus"], "unrecognized arguments"),
+    (["--payload"], "expected one argument"),
+])
+def test_usage_errors(env, argv, message):
+    kubectl = FakeKubectl()
+    run = run_cli(argv, runner=kubectl, env=env)
+    assert run.code == 2
+    (event,) = run.events
+    assert event["error"]["code"] == "usage" and message in event["error"]["message"]
+    assert kubectl.calls == []
+
+
+def test_invalid_payload_contacts_nothing(env):
+    kubectl, net = FakeKubectl(), NoNetwork()
+    run = run_cli(["--payload", json.dumps({"image": IMAGE, "deployments": []})],
+                  runner=kubectl, opener=net, env=env)
+    assert run.code == 2 and kubectl.calls == [] and net.used == []
+    assert run.stderr == ""
+
+
+def test_override_flags(env):
+    kubectl = FakeKubectl()
+    run = run_cli(["--payload", json.dumps({"image_repository": "ghcr.io/x/y", "target_tag": "1",
+                                            "components": ["ollama-bridge"], "probe": "never"}),
+                   "--image", IMAGE, "--deployment", "noetl-server", "--deployment",
+                   "noetl-worker", "--namespace", "noetl", "--dry-run"], runner=kubectl, env=env)
+    assert run.code == 0
+    assert list(run.components) == ["noetl-server", "noetl-worker"]
+    assert {e["status"] for e in run.event("component")} == {"planned"}
+    assert run.summary["image"] == IMAGE
+
+
+def test_flags_alone_make_a_payload(env):
+    kubectl = FakeKubectl()
+    run = run_cli(["--image", "noetl:dev", "--deployment", "noetl-server"], runner=kubectl,
+                  env=env)
+    assert run.code == 0 and run.event("probe")[0]["status"] == "skipped"
+
+
+def test_text_format(env):
+    kubectl = FakeKubectl()
+    kubectl.rollout["ollama-bridge"] = bump_image.Completed(
+        1, "", "error: timed out waiting for the condition\n")
+    cli = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never"}), "--format",
+                   "text"], runner=kubectl, env=env)
+    assert cli.code == 1
+    lines = cli.stdout.splitlines()
+    assert lines[0] == "noetl-server   changed  " + IMAGE
+    assert lines[1] == "noetl-worker   changed  " + IMAGE
+    assert lines[2].startswith("ollama-bridge  error    " + IMAGE + "  rollout_timeout: ")
+
+
+def test_text_format_errors(env):
+    run = run_cli(["--format", "text", "--payload", '{"imag": 1}'], env=env)
+    assert run.code == 2
+    assert run.stdout == ('error  invalid_payload  unknown key "imag"'
+                          " (did you mean 'image'?)\n")
+
+
+def test_text_format_failed_probe(env):
+    class NotFound:
+        def open(self, request, timeout=None):
+            import urllib.error
+            raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
+
+    run = run_cli(["--format", "text", "--payload", json.dumps({
+        "image": IMAGE, "ghcr_probe_attempts": 2})], runner=FakeKubectl(), opener=NotFound(),
+        env=env)
+    assert run.code == 3
+    assert run.stdout.startswith("probe  unavailable  " + IMAGE + "  manifest_unknown: ")
+    assert len(run.stdout.splitlines()) == 1
+
+
+def test_stdout_is_only_json_and_progress_is_on_stderr(env):
+    run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never"})],
+                  runner=FakeKubectl(), env=env)
+    for line in run.stdout.splitlines():
+        json.loads(line)
+    assert all(line.startswith("bump_image: ") for line in run.stderr.splitlines())
+    assert "noetl-server: setting server=" + IMAGE + " (was " + OLD + ")" in run.stderr
+
+
+def test_version_and_help(env):
+    run = run_cli(["--version"], env=env)
+    assert run.code == 0 and run.stdout == "bump_image %s\n" % bump_image.__version__
+    run = run_cli(["--help"], env=env)
+    assert run.code == 0 and "--payload" in run.stdout and "Exit codes" in run.stdout
+
+
+def test_runs_as_a_script_and_as_a_module():
+    for argv in ([sys.executable, str(ROOT / "bump_image.py"), "--version"],
+                 [sys.executable, "-m", "bump_image", "--version"]):
+        done = subprocess.run(argv, cwd=str(ROOT), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60)
+        assert done.returncode == 0
+        assert done.stdout.decode().strip() == "bump_image " + bump_image.__version__
+
+
+def test_a_bad_payload_from_a_real_process_has_no_traceback():
+    done = subprocess.run([sys.executable, str(ROOT / "bump_image.py"), "--payload", "{"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 2
+    assert b"Traceback" not in done.stderr and done.stderr == b""
+    assert json.loads(done.stdout)["error"]["code"] == "invalid_payload"

@@ -1,0 +1,443 @@
+"""The engine with an in-memory kubectl: every contract rule that touches the
+cluster, fast and precise.  (The same paths run against the real kubectl and the
+simulated API server in test_e2e_cluster.py.)"""
+
+import json
+
+import pytest
+from fakes import DIGEST, IMAGE, OLD, FakeKubectl, deployment, noetl_cluster, run_cli
+
+import bump_image
+from bump_image import Completed
+
+COMPONENT_KEYS = {"event", "component", "namespace", "status", "image", "previous_image",
+                  "containers", "duration_seconds", "error", "digest", "verified",
+                  "rolled_back", "restored_image"}
+SUMMARY_KEYS = {"event", "status", "image", "changed", "unchanged", "skipped", "planned",
+                "errors", "exit_code", "duration_seconds"}
+
+
+def cli(payload, kubectl, env, *extra):
+    """Run the CLI with probe never (the probe has its own tests)."""
+    payload = dict({"probe": "never"}, **payload)
+    return run_cli(["--payload", json.dumps(payload)] + list(extra), runner=kubectl, env=env)
+
+
+def test_worked_example_all_defaults(env):
+    kubectl = FakeKubectl()
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.code == 0, run.stdout + run.stderr
+    assert [e["event"] for e in run.events] == ["probe", "component", "component", "component",
+                                                "summary"]
+    assert [e["component"] for e in run.event("component")] == [
+        "noetl-server", "noetl-worker", "ollama-bridge"]
+    for e in run.event("component"):
+        assert set(e) == COMPONENT_KEYS
+        assert e["status"] == "changed" and e["image"] == IMAGE
+        assert e["previous_image"] == OLD and e["error"] is None
+        assert e["namespace"] == "noetl" and e["verified"] is True
+        assert isinstance(e["duration_seconds"], float)
+    assert run.components["noetl-worker"]["containers"] == ["worker", "wait-for-api"]
+    assert set(run.summary) == SUMMARY_KEYS
+    assert run.summary == dict(run.summary, status="ok", image=IMAGE, changed=3, unchanged=0,
+                               skipped=0, planned=0, errors=0, exit_code=0)
+    assert kubectl.verbs() == [
+        "get", "patch noetl-server", "rollout status noetl-server", "patch noetl-worker",
+        "rollout status noetl-worker", "patch ollama-bridge", "rollout status ollama-bridge",
+        "facts"]
+    assert kubectl.image_of("noetl-worker", "worker") == IMAGE
+    assert kubectl.image_of("noetl-worker", "wait-for-api", "initContainers") == IMAGE
+    assert "bump_image:" in run.stderr
+
+
+def test_worked_example_one_deployment(env):
+    kubectl = FakeKubectl()
+    run = cli({"image": IMAGE, "deployment": "noetl-worker"}, kubectl, env)
+    assert run.code == 0
+    assert list(run.components) == ["noetl-worker"]
+    assert run.summary["changed"] == 1
+    assert kubectl.image_of("noetl-server", "server") == OLD
+
+
+def test_rerun_is_unchanged_with_no_change(env):
+    kubectl = FakeKubectl()
+    cli({"image": IMAGE}, kubectl, env)
+    kubectl.calls.clear()
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.code == 0
+    assert {e["status"] for e in run.event("component")} == {"unchanged"}
+    assert run.summary["unchanged"] == 3
+    assert kubectl.verbs() == ["get"]          # one kubectl process, no patch
+
+
+def test_reads_every_deployment_with_one_kubectl(env):
+    kubectl = FakeKubectl()
+    cli({"image": IMAGE}, kubectl, env)
+    argv = kubectl.calls[0]
+    assert argv[:5] == ["kubectl", "get", "deployments", "noetl-server", "noetl-worker"]
+    assert "--ignore-not-found" in argv and "--output=json" in argv
+    assert "--namespace=noetl" in argv
+    assert any(a.startswith("--request-timeout=") for a in argv)
+
+
+def test_normalized_comparison(env):
+    kubectl = FakeKubectl({"web": deployment("web", {"web": "nginx"})})
+    run = cli({"image": "docker.io/library/nginx:latest", "deployment": "web"}, kubectl, env)
+    assert run.components["web"]["status"] == "unchanged"
+    assert run.components["web"]["previous_image"] == "nginx"
+
+
+def test_missing_default_is_skipped_missing_named_is_not_found(env):
+    cluster = noetl_cluster()
+    del cluster["ollama-bridge"]
+    run = cli({"image": IMAGE}, FakeKubectl(cluster), env)
+    assert run.code == 0
+    assert run.components["ollama-bridge"]["status"] == "skipped"
+    assert run.summary["skipped"] == 1
+    run = cli({"image": IMAGE, "deployments": ["noetl-server", "ollama-bridge"]},
+              FakeKubectl(cluster), env)
+    assert run.code == 1
+    err = run.components["ollama-bridge"]["error"]
+    assert run.components["ollama-bridge"]["status"] == "error"
+    assert err["code"] == "not_found" and 'namespace "noetl"' in err["message"]
+    assert run.components["noetl-server"]["status"] == "changed"
+
+
+def test_explicit_container_and_container_not_found(env):
+    cluster = {"noetl-worker": deployment("noetl-worker", {"worker": OLD, "sidecar": "busybox"},
+                                          init={"wait-for-api": OLD})}
+    kubectl = FakeKubectl(cluster)
+    run = cli({"image": IMAGE, "deployment": "noetl-worker", "container": "wait-for-api"},
+              kubectl, env)
+    assert run.components["noetl-worker"]["containers"] == ["wait-for-api"]
+    assert kubectl.image_of("noetl-worker", "worker") == OLD
+    assert kubectl.image_of("noetl-worker", "wait-for-api", "initContainers") == IMAGE
+    run = cli({"image": IMAGE, "deployment": "noetl-worker", "container": "nope"},
+              FakeKubectl(cluster), env)
+    err = run.components["noetl-worker"]["error"]
+    assert run.code == 1 and err["code"] == "container_not_found"
+    assert "worker, sidecar" in err["message"] and "wait-for-api" in err["message"]
+
+
+def test_auto_container_choice(env):
+    cluster = {
+        "a": deployment("a", {"proxy": "envoy:1", "app": OLD}),      # repository match
+        "b": deployment("b", {"first": "busybox:1", "second": "redis:7"}),  # no match: first
+    }
+    kubectl = FakeKubectl(cluster)
+    run = cli({"image": IMAGE, "deployments": ["a", "b"]}, kubectl, env)
+    assert run.components["a"]["containers"] == ["app"]
+    assert run.components["b"]["containers"] == ["first"]
+    assert kubectl.image_of("a", "proxy") == "envoy:1"
+    assert kubectl.image_of("b", "second") == "redis:7"
+
+
+def test_patch_sets_only_what_differs_and_records_change_cause(env):
+    cluster = {"w": deployment("w", {"worker": OLD}, init={"wait-for-api": IMAGE})}
+    kubectl = FakeKubectl(cluster)
+    cli({"image": IMAGE, "deployment": "w"}, kubectl, env)
+    (patch,) = kubectl.patches()
+    assert patch == {"metadata": {"annotations": {
+        "kubernetes.io/change-cause": "bump_image " + IMAGE}},
+        "spec": {"template": {"spec": {"containers": [{"name": "worker", "image": IMAGE}]}}}}
+    argv = next(a for a in kubectl.calls if "patch" in a)
+    assert "--type=strategic" in argv and "--field-manager=bump_image" in argv
+
+
+def test_dry_run_changes_nothing(env):
+    cluster = noetl_cluster()
+    cluster["noetl-server"] = deployment("noetl-server", {"server": IMAGE})
+    kubectl = FakeKubectl(cluster)
+    run = cli({"image": IMAGE, "dry_run": True}, kubectl, env)
+    assert run.code == 0
+    assert run.components["noetl-server"]["status"] == "unchanged"
+    assert run.components["noetl-worker"]["status"] == "planned"
+    assert run.summary["planned"] == 2
+    assert kubectl.verbs() == ["get"]
+    assert "would set" in run.stderr
+
+
+def test_dry_run_flag(env):
+    kubectl = FakeKubectl()
+    run = cli({"image": IMAGE}, kubectl, env, "--dry-run")
+    assert run.summary["planned"] == 3 and kubectl.verbs() == ["get"]
+
+
+@pytest.mark.parametrize("stderr, code", [
+    ("error: timed out waiting for the condition\n", "rollout_timeout"),
+    ('error: deployment "noetl-worker" exceeded its progress deadline\n', "rollout_failed"),
+    ('Error from server (NotFound): deployments.apps "noetl-worker" not found\n',
+     "rollout_failed"),
+    ("error: You must be logged in to the server (Unauthorized)\n", "kubectl_failed"),
+])
+def test_rollout_failures_do_not_stop_the_others(env, stderr, code):
+    kubectl = FakeKubectl()
+    kubectl.rollout["noetl-worker"] = Completed(1, "Waiting for ...\n", stderr)
+    run = cli({"image": IMAGE, "rollout_timeout_seconds": 5}, kubectl, env)
+    assert run.code == 1
+    assert run.components["noetl-worker"]["status"] == "error"
+    assert run.components["noetl-worker"]["error"]["code"] == code
+    assert run.components["noetl-worker"]["verified"] is None
+    assert run.components["noetl-server"]["status"] == "changed"
+    assert run.components["ollama-bridge"]["status"] == "changed"
+    assert run.summary == dict(run.summary, status="failed", changed=2, errors=1, exit_code=1)
+
+
+def test_rollout_status_gets_the_remaining_timeout(env):
+    kubectl = FakeKubectl()
+    cli({"image": IMAGE, "rollout_timeout_seconds": 42, "deployment": "noetl-server"},
+        kubectl, env)
+    argv = next(a for a in kubectl.calls if "status" in a)
+    assert "--timeout=42s" in argv
+    assert not any(a.startswith("--request-timeout") for a in argv)
+
+
+def test_rollout_killed_at_its_deadline_is_a_timeout(env):
+    kubectl = FakeKubectl()
+    kubectl.rollout["noetl-server"] = Completed(-9, "", "", timed_out=True)
+    run = cli({"image": IMAGE, "deployment": "noetl-server"}, kubectl, env)
+    assert run.components["noetl-server"]["error"]["code"] == "rollout_timeout"
+
+
+@pytest.mark.parametrize("stderr", [
+    'Error from server (Forbidden): deployments.apps is forbidden: User "x" cannot list\n',
+    "The connection to the server 127.0.0.1:1 was refused - did you specify the right host"
+    " or port?\n",
+])
+def test_forbidden_or_unreachable_is_never_not_found(env, stderr):
+    kubectl = FakeKubectl()
+    kubectl.fail["get"] = Completed(1, "", stderr)
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.code == 1
+    for e in run.event("component"):
+        assert e["status"] == "error" and e["error"]["code"] == "kubectl_failed"
+        assert e["error"]["message"] == stderr.strip()
+    assert kubectl.verbs() == ["get"]
+
+
+def test_output_that_is_not_json(env):
+    kubectl = FakeKubectl()
+    kubectl.fail["get"] = Completed(0, "deployment.apps/noetl-server\n")
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.code == 1
+    assert "not JSON" in run.components["noetl-server"]["error"]["message"]
+
+
+def test_patch_denied_by_a_webhook(env):
+    kubectl = FakeKubectl()
+    msg = ('Error from server (Forbidden): admission webhook "policy.example.com" denied the'
+           ' request: images must be signed')
+    kubectl.fail["patch"] = Completed(1, "", msg + "\n")
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.code == 1
+    assert {e["error"]["message"] for e in run.event("component")} == {msg}
+    assert "rollout status" not in " ".join(kubectl.verbs())
+
+
+def test_klog_noise_is_dropped_from_messages(env):
+    kubectl = FakeKubectl()
+    kubectl.fail["get"] = Completed(1, "", 'E1126 10:00:00.000000    1 memcache.go:265] '
+                                    '"Unhandled Error" err="x"\nThe connection to the server'
+                                    ' was refused\n')
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.components["noetl-server"]["error"]["message"] == \
+        "The connection to the server was refused"
+
+
+def test_kubectl_missing_is_exit_4_and_nothing_runs(env):
+    kubectl = FakeKubectl(present=False)
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.code == 4
+    (event,) = run.events
+    assert event["event"] == "error" and event["exit_code"] == 4
+    assert event["error"]["code"] == "kubectl_missing"
+    assert kubectl.calls == []
+
+
+def test_kubectl_missing_with_the_real_runner(env):
+    run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never",
+                                            "kubectl": "/nonexistent/kubectl"})], env=env)
+    assert run.code == 4 and run.events[0]["error"]["code"] == "kubectl_missing"
+
+
+def test_context_guard(env):
+    kubectl = FakeKubectl(context="prod")
+    run = cli({"image": IMAGE, "expected_kube_context": "kind-noetl"}, kubectl, env)
+    assert run.code == 4
+    assert run.events[0]["error"]["code"] == "context_mismatch"
+    assert '"prod"' in run.events[0]["error"]["message"]
+    assert kubectl.verbs() == ["config current-context"]
+    kubectl = FakeKubectl(context="kind-noetl")
+    run = cli({"image": IMAGE, "expected_kube_context": "kind-noetl"}, kubectl, env)
+    assert run.code == 0
+
+
+def test_context_guard_uses_the_given_context(env):
+    kubectl = FakeKubectl(context="other")
+    run = cli({"image": IMAGE, "expected_kube_context": "a", "context": "a"}, kubectl, env)
+    assert run.code == 0
+    assert "config current-context" not in kubectl.verbs()
+    assert all("--context=a" in argv for argv in kubectl.calls)
+
+
+def test_context_guard_skipped_in_cluster(env):
+    kubectl = FakeKubectl(context="other")
+    env = dict(env, KUBERNETES_SERVICE_HOST="10.0.0.1")
+    run = cli({"image": IMAGE, "expected_kube_context": "a"}, kubectl, env)
+    assert run.code == 0 and "config current-context" not in kubectl.verbs()
+
+
+def test_context_and_kubeconfig_are_passed(env):
+    kubectl = FakeKubectl()
+    cli({"image": IMAGE, "context": "kind-noetl", "kubeconfig": "/tmp/kube config"}, kubectl, env)
+    for argv in kubectl.calls:
+        assert argv[1:3] == ["--context=kind-noetl", "--kubeconfig=/tmp/kube config"]
+
+
+def test_payload_values_never_become_flags(env):
+    kubectl = FakeKubectl({"web": deployment("web", {"web": OLD})}, context="ctx")
+    cli({"image": IMAGE, "deployment": "web", "namespace": "noetl", "context": "ctx",
+         "kubeconfig": "/k", "container": "web"}, kubectl, env)
+    for argv in kubectl.calls:
+        for arg in argv[1:]:
+            assert not arg.startswith("-") or arg.startswith((
+                "--context=", "--kubeconfig=", "--namespace=", "--output=", "--request-timeout=",
+                "--ignore-not-found", "--type=", "--field-manager=", "--patch=", "--watch=",
+                "--timeout=")), arg
+
+
+def test_at_target_with_an_unfinished_rollout_is_waited_for(env):
+    cluster = {"s": deployment("s", {"s": IMAGE}, complete=False)}
+    kubectl = FakeKubectl(cluster)
+    run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
+    assert run.components["s"]["status"] == "unchanged"
+    assert kubectl.verbs() == ["get", "rollout status s", "facts"]
+    kubectl = FakeKubectl(cluster)
+    kubectl.rollout["s"] = Completed(1, "", "error: timed out waiting for the condition\n")
+    run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
+    assert run.code == 1 and run.components["s"]["error"]["code"] == "rollout_timeout"
+
+
+def test_at_target_with_a_failed_rollout(env):
+    cluster = {"s": deployment("s", {"s": IMAGE}, complete=False,
+                               progress_deadline_exceeded=True)}
+    run = cli({"image": IMAGE, "deployment": "s"}, FakeKubectl(cluster), env)
+    assert run.components["s"]["error"]["code"] == "rollout_failed"
+
+
+def test_paused_deployment_is_reported_not_changed(env):
+    kubectl = FakeKubectl({"s": deployment("s", {"s": OLD}, paused=True)})
+    run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
+    assert run.code == 1
+    assert run.components["s"]["error"]["code"] == "deployment_paused"
+    assert "rollout resume" in run.components["s"]["error"]["message"]
+    assert kubectl.verbs() == ["get"]
+
+
+def test_scaled_to_zero_is_reported_not_success(env):
+    kubectl = FakeKubectl({"s": deployment("s", {"s": OLD}, replicas=0)})
+    run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
+    assert run.code == 1
+    assert run.components["s"]["error"]["code"] == "scaled_to_zero"
+    assert kubectl.image_of("s", "s") == IMAGE       # the template is updated
+    assert "rollout status s" not in kubectl.verbs()
+    run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
+    assert run.components["s"]["error"]["code"] == "scaled_to_zero"
+
+
+def test_pin_digest_sets_the_probed_digest(env):
+    from fake_registry import FakeRegistry
+    with FakeRegistry() as fake:
+        fake.add_manifest("noetl/noetl", "v2.35.9", DIGEST)
+        kubectl = FakeKubectl()
+        kubectl.digests[IMAGE + "@" + DIGEST] = DIGEST
+        run = run_cli(["--payload", json.dumps({
+            "image": IMAGE, "pin_digest": True, "deployment": "noetl-server",
+            "registry_mirrors": {"ghcr.io": fake.base_url}})], runner=kubectl, env=env)
+    pinned = IMAGE + "@" + DIGEST
+    assert run.code == 0
+    assert run.components["noetl-server"]["image"] == pinned
+    assert run.components["noetl-server"]["digest"] == DIGEST
+    assert kubectl.image_of("noetl-server", "server") == pinned
+    assert run.event("summary")[0]["image"] == IMAGE
+
+
+def test_rollback_on_failure(env):
+    kubectl = FakeKubectl()
+    kubectl.rollout["noetl-worker"] = Completed(
+        1, "", 'error: deployment "noetl-worker" exceeded its progress deadline\n')
+    state = {"failed": False}
+    original = kubectl.__call__
+
+    def runner(argv, timeout, env=None, tag=None):
+        if "undo" in argv:      # after the undo, the rollout completes
+            kubectl.rollout.pop("noetl-worker", None)
+        return original(argv, timeout, env=env, tag=tag)
+
+    runner.resolve = kubectl.resolve
+    run = cli({"image": IMAGE, "rollback_on_failure": True}, runner, env)
+    comp = run.components["noetl-worker"]
+    assert run.code == 1 and comp["status"] == "error" and not state["failed"]
+    assert comp["rolled_back"] is True and comp["restored_image"] == OLD
+    assert comp["error"]["code"] == "rollout_failed"
+    assert "rolled back to revision 1" in comp["error"]["message"]
+    undo = next(a for a in kubectl.calls if "undo" in a)
+    assert "deployment/noetl-worker" in undo and "--to-revision=1" in undo
+    assert kubectl.image_of("noetl-worker", "worker") == OLD
+    assert run.components["noetl-server"]["rolled_back"] is False
+
+
+def test_no_rollback_unless_asked(env):
+    kubectl = FakeKubectl()
+    kubectl.rollout["noetl-worker"] = Completed(1, "", "error: timed out waiting for the"
+                                                " condition\n")
+    cli({"image": IMAGE}, kubectl, env)
+    assert not any("undo" in a for a in kubectl.calls)
+
+
+def test_parallel_applies_every_change_before_waiting(env):
+    kubectl = FakeKubectl()
+    run = cli({"image": IMAGE, "parallel": True}, kubectl, env)
+    assert run.code == 0
+    verbs = kubectl.verbs()
+    assert verbs[:4] == ["get", "patch noetl-server", "patch noetl-worker", "patch ollama-bridge"]
+    assert sorted(verbs[4:7]) == ["rollout status noetl-server", "rollout status noetl-worker",
+                                  "rollout status ollama-bridge"]
+    assert verbs[7:] == ["facts"]
+    assert [e["component"] for e in run.event("component")] == [
+        "noetl-server", "noetl-worker", "ollama-bridge"]
+
+
+def test_verification_false_when_pods_run_another_digest(env):
+    from fake_registry import FakeRegistry
+    with FakeRegistry() as fake:
+        fake.add_manifest("noetl/noetl", "v2.35.9", DIGEST)
+        kubectl = FakeKubectl()
+        kubectl.digests[IMAGE] = "sha256:" + "e" * 64      # a stale image under the tag
+        run = run_cli(["--payload", json.dumps({
+            "image": IMAGE, "deployment": "noetl-server",
+            "registry_mirrors": {"ghcr.io": fake.base_url}})], runner=kubectl, env=env)
+    comp = run.components["noetl-server"]
+    assert comp["status"] == "changed" and comp["verified"] is False
+    assert "not digest " + DIGEST in run.stderr
+
+
+def test_verification_unavailable_is_null(env):
+    kubectl = FakeKubectl()
+    kubectl.fail["facts"] = Completed(1, "", "Error from server (Forbidden): pods is forbidden\n")
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.code == 0
+    assert {e["verified"] for e in run.event("component")} == {None}
+
+
+def test_library_api(env):
+    events = []
+    result = bump_image.bump({"image": IMAGE, "probe": "never"}, runner=FakeKubectl(), env=env,
+                             on_event=events.append)
+    assert result.exit_code == 0
+    assert result.events() == events
+    assert result.summary()["changed"] == 3
+    with pytest.raises(bump_image.PayloadError):
+        bump_image.bump({"image": "x"}, runner=FakeKubectl(), env=env)
+    with pytest.raises(bump_image.EnvironmentProblem):
+        bump_image.bump({"image": IMAGE}, runner=FakeKubectl(present=False), env=env)
