@@ -1116,12 +1116,12 @@ class RegistryProbe:
                 resp = self.opener.open(req, timeout=self.timeout)
             except urllib.error.HTTPError as err:
                 if 300 <= err.code < 400:
-                    err.close()
+                    _close_quietly(err)
                     raise _AttemptFailed(_Outcome(
                         "registry_error", "%s redirected and the redirect was not followed: %s"
                         % (host, err.msg), retryable=False))
                 resp = err
-            with resp:
+            try:
                 status = resp.getcode() if hasattr(resp, "getcode") else resp.status
                 body = b""
                 if read_body and status == 200:
@@ -1131,10 +1131,19 @@ class RegistryProbe:
                             "token_failed", "the answer of %s is larger than %d bytes"
                             % (host, BODY_LIMIT)))
                 return _Response(status, resp.headers, body)
+            finally:
+                _close_quietly(resp)
         except _AttemptFailed:
             raise
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             raise _AttemptFailed(classify_transport_error(exc, host, self.timeout))
+
+
+def _close_quietly(resp):
+    try:
+        resp.close()
+    except Exception:  # noqa: S110 - a response that cannot close has nothing left to leak
+        pass
 
 
 def _basic_auth(user, password):
@@ -1566,6 +1575,7 @@ class _Wait:
         self.outcome = None         # None ok, or (code, message)
         self.failfast = None        # set by the fail-fast check before it stops the wait
         self.failed = None          # for a rollback: the failure that caused it
+        self.finished = False       # set by the waiting thread when the outcome is known
 
 
 class Result:
@@ -1909,6 +1919,7 @@ class Engine:
             except KubectlFailed as exc:
                 w.outcome = ("kubectl_failed", exc.message)
             finally:
+                w.finished = True
                 done.set()
 
         threads = []
@@ -1922,10 +1933,10 @@ class Engine:
         next_poll = self.clock() + interval
         first_seen = {}
         polling = True
-        while any(t.is_alive() for t in threads):
+        while not all(w.finished for w in waits):
             done.wait(max(0.05, min(interval, next_poll - self.clock())))
             done.clear()
-            pending = [w for w, t in zip(waits, threads) if t.is_alive() and not w.failfast]
+            pending = [w for w in waits if not w.finished and not w.failfast]
             if polling and pending and self.clock() >= next_poll:
                 polling = self.fail_fast(pending, first_seen)
                 next_poll = self.clock() + interval

@@ -205,15 +205,22 @@ def test_token_body_is_bounded(env):
 
 
 def test_expired_token_is_fetched_again(env):
-    with FakeRegistry(auth=True, expires_in=1) as fake:
-        fake.add_manifest(REPO, "v2.35.9", DIGEST)
+    with FakeRegistry(auth=True, expires_in=None) as fake:
+        fake.script(PATH, [Resp(404), Resp(200, headers={"Docker-Content-Digest": DIGEST})],
+                    require_auth=True)
         clock = [1000.0]
+
+        def sleep(seconds):          # the token (60 s at least) expires while we sleep
+            clock[0] += 120
         result = bump_image.bump(
             {"image": IMAGE, "registry_mirrors": {"ghcr.io": fake.base_url},
-             "ghcr_probe_attempts": 1}, runner=FakeKubectl(), env=env,
+             "ghcr_probe_attempts": 2}, runner=FakeKubectl(), env=env, sleeper=sleep,
             clock=lambda: clock[0])
-        assert result.exit_code == 0
-        assert len(fake.token_requests) == 1
+        tokens = fake.token_requests
+        heads = [r for r in fake.requests if r["method"] == "HEAD"]
+    assert result.probe.status == "available" and result.probe.attempts == 2
+    assert len(tokens) == 2
+    assert [bool(r["headers"].get("Authorization")) for r in heads] == [False, True, False, True]
 
 
 def write_docker_config(env, host, user="alice", password="s3cr3t-Pa55-XyZ", form="auth"):
