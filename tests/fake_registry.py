@@ -65,7 +65,6 @@ dicts with ``method``, ``path``, ``query`` (dict of lists), ``raw_query``,
 dropped requests) and ``tls`` (bool).
 """
 
-from __future__ import absolute_import
 
 import base64
 import hashlib
@@ -108,7 +107,7 @@ TOKEN_MODES = ("token", "both", "access_token", "not-json", "no-token", "error")
 _MANIFEST_PATH = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
 
 
-class Resp(object):
+class Resp:
     """One scripted response.
 
     ``Resp(404)``, ``Resp(200, headers={...}, body=b"...")``,
@@ -236,7 +235,7 @@ class _Server(ThreadingHTTPServer):
         pass
 
 
-class FakeRegistry(object):
+class FakeRegistry:
     """Scriptable registry on ``127.0.0.1:<ephemeral port>`` (see module doc).
 
     Attributes: ``base_url`` (``http://`` or ``https://127.0.0.1:PORT``),

@@ -63,7 +63,6 @@ Observed behaviour of distribution 2.8.2 (see tests/test_registry_harness.py)
   digest that matches nothing that was pushed).
 """
 
-from __future__ import absolute_import
 
 import base64
 import gzip
@@ -219,7 +218,7 @@ def _generate_signing_material(directory):
 
 def _pem_to_der_b64(cert_path):
     """Base64 (standard alphabet, no newlines) of the certificate's DER."""
-    with open(cert_path, "r") as handle:
+    with open(cert_path) as handle:
         lines = handle.read().strip().splitlines()
     body = [line.strip() for line in lines if line and not line.startswith("-----")]
     der = base64.b64decode("".join(body))
@@ -269,7 +268,7 @@ class _QuietThreadingServer(ThreadingHTTPServer):
 # ---------------------------------------------------------------------------
 
 
-class TokenServer(object):
+class TokenServer:
     """Docker token protocol server (``GET /token``) signing RS256 JWTs.
 
     Access rules:
@@ -503,7 +502,7 @@ def _http(method, url, headers=None, body=None, timeout=30):
 # ---------------------------------------------------------------------------
 
 
-class DistributionRegistry(object):
+class DistributionRegistry:
     """A ``docker-registry`` (distribution 2.8) subprocess with token auth.
 
     ``users`` maps user names to passwords (Basic credentials accepted by the

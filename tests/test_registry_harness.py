@@ -310,7 +310,7 @@ def test_distribution_stop_cleans_up():
     _real_registry_or_skip()
     reg = DistributionRegistry()
     with reg:
-        workdir, base_url, pid = reg.workdir, reg.base_url, reg.pid
+        workdir, base_url, _pid = reg.workdir, reg.base_url, reg.pid
         assert os.path.isdir(workdir)
         assert reg.push_image("solo/app", "1", kind="oci").startswith("sha256:")
     assert not os.path.exists(workdir)
