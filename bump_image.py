@@ -1626,8 +1626,8 @@ class Engine:
         self.components = []
         self.interrupted = None
         self._threads = []
-        image = settings.image
-        self.cause = "bump_image " + image.text
+        self.target = settings.image
+        self.cause = "bump_image " + settings.image.text
 
     # -- the run -----------------------------------------------------------
 
@@ -1748,6 +1748,9 @@ class Engine:
     # -- apply ---------------------------------------------------------------
 
     def apply(self, found):
+        # with pin_digest the comparison target is the pinned reference, so a rerun
+        # finds repo:tag@digest already in place
+        self.target = parse_image(self._target_image())
         waits = []
         for name in self.s.deployments:
             comp = Component(name, self.s.namespace, self._target_image(),
@@ -1780,7 +1783,7 @@ class Engine:
                 comp.finish("skipped", self.clock)
             return None
         try:
-            plan = plan_deployment(dep, s.image, s.container)
+            plan = plan_deployment(dep, self.target, s.container)
         except ContainerNotFound as exc:
             comp.finish("error", self.clock, exc.code, exc.message)
             return None
@@ -2015,7 +2018,7 @@ class Engine:
         if facts is None:
             return
         deployments, replicasets, pods = facts
-        target = self.s.image
+        target = self.target
         for comp in todo:
             dep = deployments.get(comp.name)
             if dep is None:

@@ -21,7 +21,7 @@ def test_worked_example_all_defaults(cluster):
     assert run.code == 0, run.stdout + run.stderr
     assert [e["event"] for e in run.events] == ["probe"] + ["component"] * 3 + ["summary"]
     assert list(run.components) == DEFAULTS
-    for name, comp in run.components.items():
+    for comp in run.components.values():
         assert comp["status"] == "changed", comp
         assert comp["previous_image"] == OLD and comp["image"] == NEW
         assert comp["verified"] is True
@@ -137,3 +137,203 @@ def test_context_from_the_payload(cluster):
                                        expected_kube_context="kind-noetl"))
     assert run.code == 0, run.stdout + run.stderr
     assert run.summary["changed"] == 3
+
+
+# -- beyond the playbook: digest pinning, fail fast, rollback, parallel, verification ----
+
+DIGEST = "sha256:" + "5" * 64
+
+
+def probed(cluster, fake, **keys):
+    """A payload whose probe goes to the in-process registry (digest DIGEST)."""
+    fake.add_manifest("noetl/noetl", "v2.35.9", DIGEST)
+    return cluster.payload(probe="auto", registry_mirrors={"ghcr.io": fake.base_url}, **keys)
+
+
+def test_pin_digest(cluster):
+    from fake_registry import FakeRegistry
+    cluster.noetl()
+    pinned = NEW + "@" + DIGEST
+    cluster.sim.set_digest(pinned, DIGEST)
+    with FakeRegistry() as fake:
+        run = cluster.bump(probed(cluster, fake, image=NEW, pin_digest=True))
+        assert run.code == 0, run.stdout + run.stderr
+        for comp in run.components.values():
+            assert comp["image"] == pinned and comp["digest"] == DIGEST
+            assert comp["verified"] is True
+        assert cluster.image("noetl-worker", "worker") == pinned
+        assert cluster.image("noetl-worker", "wait-for-api") == pinned
+        rerun = cluster.bump(probed(cluster, fake, image=NEW, pin_digest=True))
+    assert {c["status"] for c in rerun.components.values()} == {"unchanged"}
+
+
+def test_digest_is_reported_without_pinning_and_verified(cluster):
+    from fake_registry import FakeRegistry
+    cluster.noetl()
+    cluster.sim.set_digest(NEW, DIGEST)
+    with FakeRegistry() as fake:
+        run = cluster.bump(probed(cluster, fake, image=NEW, deployment="noetl-server"))
+    comp = run.components["noetl-server"]
+    assert comp["image"] == NEW and comp["digest"] == DIGEST and comp["verified"] is True
+    assert cluster.image("noetl-server", "server") == NEW
+
+
+def test_verification_catches_a_stale_image_under_the_tag(cluster):
+    from fake_registry import FakeRegistry
+    cluster.noetl()
+    cluster.sim.set_digest(NEW, "sha256:" + "6" * 64)     # the nodes run another build
+    with FakeRegistry() as fake:
+        run = cluster.bump(probed(cluster, fake, image=NEW, deployment="noetl-server"))
+    comp = run.components["noetl-server"]
+    assert comp["status"] == "changed" and comp["verified"] is False
+    assert "not digest " + DIGEST in run.stderr
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("image_pull_backoff", "ImagePullBackOff"),
+    ("crash_loop", "CrashLoopBackOff"),
+    ("config_error", "CreateContainerConfigError"),
+    ("replica_failure", "ReplicaFailure"),
+])
+def test_fail_fast_reports_the_reason_well_before_the_timeout(cluster, mode, reason):
+    cluster.noetl()
+    cluster.sim.set_image_behaviour(NEW, {"mode": mode})
+    fail_fast = 3
+    started = time.monotonic()
+    run = cluster.bump(cluster.payload(image=NEW, deployment="noetl-server",
+                                       fail_fast_seconds=fail_fast, rollout_timeout_seconds=120))
+    elapsed = time.monotonic() - started
+    err = run.components["noetl-server"]["error"]
+    assert run.code == 1 and err["code"] == "rollout_failed", run.stdout
+    assert reason in err["message"]
+    assert elapsed <= fail_fast + 8, elapsed          # fail_fast + a few seconds, not 120
+
+
+def test_image_pull_backoff_message_names_the_pod_and_image(cluster):
+    cluster.noetl()
+    cluster.sim.set_image_behaviour(NEW, {"mode": "image_pull_backoff"})
+    run = cluster.bump(cluster.payload(image=NEW, deployment="noetl-worker",
+                                       fail_fast_seconds=2, rollout_timeout_seconds=60))
+    message = run.components["noetl-worker"]["error"]["message"]
+    assert message.startswith("ImagePullBackOff: ") or message.startswith("ErrImagePull: ")
+    assert NEW in message and "pod noetl-worker-" in message
+
+
+def test_rollback_restores_the_previous_image(cluster):
+    cluster.noetl()
+    cluster.sim.set_image_behaviour(NEW, {"mode": "image_pull_backoff"})
+    run = cluster.bump(cluster.payload(image=NEW, deployments=["noetl-server", "noetl-worker"],
+                                       rollback_on_failure=True, fail_fast_seconds=2,
+                                       rollout_timeout_seconds=60))
+    assert run.code == 1
+    for name, container in (("noetl-server", "server"), ("noetl-worker", "worker")):
+        comp = run.components[name]
+        assert comp["status"] == "error" and comp["error"]["code"] == "rollout_failed"
+        assert comp["rolled_back"] is True and comp["restored_image"] == OLD
+        assert "rolled back to revision 1" in comp["error"]["message"]
+        assert cluster.image(name, container) == OLD
+    assert cluster.image("noetl-worker", "wait-for-api") == OLD
+    dep = cluster.sim.get("deployments", "noetl-server")
+    assert dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+    assert dep["status"].get("updatedReplicas") == dep["spec"]["replicas"]
+
+
+def test_parallel_waits_for_all_rollouts_at_once(cluster):
+    delay = 3.0
+    cluster.noetl(behaviour={"mode": "ready", "delay": delay})
+    started = time.monotonic()
+    run = cluster.bump(cluster.payload(image=NEW, parallel=True))
+    elapsed = time.monotonic() - started
+    assert run.code == 0, run.stdout + run.stderr
+    assert [c["status"] for c in run.components.values()] == ["changed"] * 3
+    assert list(run.components) == DEFAULTS
+    assert elapsed < 2 * delay + 3, elapsed     # about one rollout, not three
+    patches = [r["time"] for r in cluster.api_requests("PATCH")]
+    assert max(patches) - min(patches) < delay  # every change applied before the waits
+
+
+def test_sequential_waits_one_after_another(cluster):
+    delay = 1.5
+    cluster.noetl(behaviour={"mode": "ready", "delay": delay})
+    started = time.monotonic()
+    run = cluster.bump(cluster.payload(image=NEW))
+    assert run.code == 0
+    assert time.monotonic() - started >= 3 * delay
+    patches = [r["time"] for r in cluster.api_requests("PATCH")]
+    assert patches[1] - patches[0] >= delay
+
+
+def test_change_cause_in_rollout_history(cluster):
+    import subprocess
+    cluster.noetl()
+    assert cluster.bump(cluster.payload(image=NEW, deployment="noetl-server")).code == 0
+    done = subprocess.run([cluster.kubectl, "--kubeconfig", cluster.kubeconfig, "rollout",
+                           "history", "deployment/noetl-server", "--namespace=noetl"],
+                          env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ("bump_image " + NEW).encode() in done.stdout
+
+
+def test_paused_deployment_is_not_changed(cluster):
+    cluster.sim.add_deployment("noetl-server", containers=[{"name": "server", "image": OLD}],
+                               paused=True)
+    cluster.sim.clear_requests()
+    run = cluster.bump(cluster.payload(image=NEW, deployment="noetl-server"))
+    assert run.code == 1
+    assert run.components["noetl-server"]["error"]["code"] == "deployment_paused"
+    assert cluster.writes() == []
+
+
+def test_scaled_to_zero_is_not_success(cluster):
+    cluster.sim.add_deployment("ollama-bridge", containers=[{"name": "bridge", "image": OLD}],
+                               replicas=0)
+    run = cluster.bump(cluster.payload(image=NEW, deployment="ollama-bridge"))
+    assert run.code == 1
+    assert run.components["ollama-bridge"]["error"]["code"] == "scaled_to_zero"
+    assert cluster.image("ollama-bridge", "bridge") == NEW
+
+
+def test_at_target_with_a_rollout_in_progress_is_waited_for(cluster):
+    cluster.sim.add_deployment("noetl-server", containers=[{"name": "server", "image": NEW}],
+                               ready=False, behaviour={"mode": "ready", "delay": 1.5})
+    run = cluster.bump(cluster.payload(image=NEW, deployment="noetl-server"))
+    assert run.code == 0, run.stdout + run.stderr
+    comp = run.components["noetl-server"]
+    assert comp["status"] == "unchanged" and comp["duration_seconds"] >= 0.5
+    assert comp["verified"] is True
+    assert cluster.writes() == []
+
+
+def test_at_target_with_a_stuck_rollout_is_an_error(cluster):
+    cluster.sim.add_deployment("noetl-server", containers=[{"name": "server", "image": NEW}],
+                               ready=False, behaviour={"mode": "hang"})
+    run = cluster.bump(cluster.payload(image=NEW, deployment="noetl-server",
+                                       rollout_timeout_seconds=2, fail_fast_seconds=600))
+    assert run.code == 1
+    assert run.components["noetl-server"]["error"]["code"] == "rollout_timeout"
+    assert cluster.writes() == []
+
+
+def test_the_kubectl_version_is_the_one_named(cluster):
+    cluster.noetl()
+    cluster.bump(cluster.payload(image=NEW, dry_run=True))
+    agents = {r["user_agent"].split(" ")[0] for r in cluster.api_requests()}
+    minor = cluster.version.rsplit(".", 1)[0]               # "1.33" or "1.37"
+    assert agents and all("/v%s." % minor in a for a in agents), agents
+
+
+@pytest.mark.parametrize("server_version", ["1.27.16", "1.30.13"])
+def test_worked_example_with_older_kubectl(sim_server, tmp_path, env, server_version):
+    """The dispatcher execs the kubectl matching the server: 1.27 and 1.30 as well."""
+    from conftest import DISPATCHER, Cluster, need
+    need(DISPATCHER, "kubectl")
+    sim_server.reset()
+    sim_server.set_server_version(server_version)
+    cluster = Cluster(sim_server, DISPATCHER, server_version, tmp_path, env)
+    cluster.noetl()
+    run = cluster.bump(cluster.payload(image=NEW))
+    assert run.code == 0 and run.summary["changed"] == 3, run.stdout + run.stderr
+    assert cluster.bump(cluster.payload(image=NEW)).summary["unchanged"] == 3
+    agents = {r["user_agent"].split(" ")[0] for r in cluster.api_requests()}
+    assert all("/v%s." % server_version.rsplit(".", 1)[0] in a for a in agents), agents
