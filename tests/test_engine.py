@@ -441,3 +441,17 @@ def test_library_api(env):
         bump_image.bump({"image": "x"}, runner=FakeKubectl(), env=env)
     with pytest.raises(bump_image.EnvironmentProblem):
         bump_image.bump({"image": IMAGE}, runner=FakeKubectl(present=False), env=env)
+
+
+def test_pin_digest_rerun_is_unchanged(env):
+    from fake_registry import FakeRegistry
+    with FakeRegistry() as fake:
+        fake.add_manifest("noetl/noetl", "v2.35.9", DIGEST)
+        kubectl = FakeKubectl()
+        payload = json.dumps({"image": IMAGE, "pin_digest": True,
+                              "registry_mirrors": {"ghcr.io": fake.base_url}})
+        assert run_cli(["--payload", payload], runner=kubectl, env=env).code == 0
+        kubectl.calls.clear()
+        run = run_cli(["--payload", payload], runner=kubectl, env=env)
+    assert {e["status"] for e in run.event("component")} == {"unchanged"}
+    assert kubectl.verbs() == ["get"]
