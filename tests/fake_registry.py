@@ -66,7 +66,6 @@ dropped requests) and ``tls`` (bool).
 """
 
 
-import base64
 import hashlib
 import json
 import os
@@ -82,6 +81,15 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from registry_harness import (  # the media types and Basic parsing are shared
+    FULL_ACCEPT,
+    MEDIA_DOCKER_LIST,
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX,
+    MEDIA_OCI_MANIFEST,
+)
+from registry_harness import _decode_basic as _decode_basic
+
 __all__ = [
     "MEDIA_OCI_INDEX",
     "MEDIA_OCI_MANIFEST",
@@ -93,14 +101,6 @@ __all__ = [
     "FakeRegistry",
     "make_tls_certificate",
 ]
-
-MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-FULL_ACCEPT = ", ".join(
-    [MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST]
-)
 
 TOKEN_MODES = ("token", "both", "access_token", "not-json", "no-token", "error")
 
@@ -693,17 +693,3 @@ def _json(status, payload, headers=None):
 def _unauthorized(challenge):
     return _json(401, {"errors": [{"code": "UNAUTHORIZED",
                                    "message": "authentication required"}]}, challenge)
-
-
-def _decode_basic(header):
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None, None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        return None, None
-    return user, password
