@@ -828,9 +828,7 @@ def docker_credentials(host, env):
     Credential helpers (``credsStore``) are not run.
     """
     import base64
-    folder = env.get("DOCKER_CONFIG") or os.path.join(
-        env.get("HOME") or os.path.expanduser("~"), ".docker")
-    path = os.path.join(folder, "config.json")
+    path = docker_config_path(env)
     try:
         with open(path, "rb") as fh:
             config = json.loads(fh.read(PAYLOAD_LIMIT).decode("utf-8"))
@@ -860,7 +858,18 @@ def docker_credentials(host, env):
                 continue
             if user:
                 return user, password
+    helpers = config.get("credHelpers") if isinstance(config.get("credHelpers"), dict) else {}
+    if config.get("credsStore") or any(k in helpers for k in _docker_config_keys(host)):
+        _log("the Docker config names a credential helper for %s; bump_image does not run"
+             " helpers (add an auths entry instead)" % host)
     return None
+
+
+def docker_config_path(env):
+    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
+    folder = env.get("DOCKER_CONFIG") or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".docker")
+    return os.path.join(folder, "config.json")
 
 
 # --------------------------------------------------------------------------
@@ -903,11 +912,49 @@ def _redirect_handler():
     return SafeRedirectHandler
 
 
-def default_opener(ssl_context=None):
-    """The urllib opener used for the probe (proxies from the environment apply)."""
+def proxies_from(env):
+    """``{"http": url, "https": url}`` from ``http_proxy``/``https_proxy`` in ``env``."""
+    proxies = {}
+    for scheme in ("http", "https"):
+        value = env.get(scheme + "_proxy") or env.get(scheme.upper() + "_PROXY")
+        if value:
+            proxies[scheme] = value
+    return proxies
+
+
+def bypasses_proxy(host, env):
+    """Loopback hosts and ``no_proxy`` entries (suffix match, ``*`` for all) go direct."""
+    host = (host or "").lower().strip("[]")
+    if _is_loopback(host):
+        return True
+    for entry in (env.get("no_proxy") or env.get("NO_PROXY") or "").split(","):
+        entry = entry.strip().lower().lstrip("*").lstrip(".").split(":")[0]
+        if entry == "" and "*" in (env.get("no_proxy") or env.get("NO_PROXY") or ""):
+            return True
+        if entry and (host == entry or host.endswith("." + entry)):
+            return True
+    return False
+
+
+def default_opener(ssl_context=None, env=None):
+    """The urllib opener used for the probe.
+
+    Proxies come from ``http_proxy``/``https_proxy`` of ``env`` (default
+    ``os.environ``); loopback hosts and ``no_proxy`` entries are reached directly.
+    """
     import urllib.request
+    from urllib.parse import urlsplit
+    env = os.environ if env is None else env
+
+    class ProxyHandler(urllib.request.ProxyHandler):
+        def proxy_open(self, req, proxy, type):
+            if bypasses_proxy(urlsplit(req.full_url).hostname, env):
+                return None
+            return urllib.request.ProxyHandler.proxy_open(self, req, proxy, type)
+
     return urllib.request.build_opener(
-        _redirect_handler()(), urllib.request.HTTPSHandler(context=ssl_context))
+        _redirect_handler()(), ProxyHandler(proxies_from(env)),
+        urllib.request.HTTPSHandler(context=ssl_context))
 
 
 class _Response:
@@ -1015,7 +1062,12 @@ class RegistryProbe:
                 resp = self._answer_challenge(resp)
             elif resp.status == 403 and token is not None:
                 self.token = None
-            return judge_status(resp.status, resp.headers, self.ref)
+            outcome = judge_status(resp.status, resp.headers, self.ref)
+            if outcome.code in ("unauthorized", "denied"):
+                outcome.message += "; credentials are looked up for %s in %s (%s)" % (
+                    self.host, docker_config_path(self.env),
+                    "found" if self._credentials() else "none there")
+            return outcome
         except _AttemptFailed as failed:
             return failed.outcome
 
@@ -1721,7 +1773,7 @@ class Engine:
             why = "probe is never" if self.s.probe == "never" else "no external registry host"
             _log("probe %s: skipped (%s)" % (ref.text, why))
             return ProbeResult("skipped", 0, ref.digest)
-        opener = self.opener if self.opener is not None else default_opener()
+        opener = self.opener if self.opener is not None else default_opener(env=self.env)
         return RegistryProbe(self.s, opener, self.sleeper, self.clock, self.env,
                              self.http_timeout).run()
 

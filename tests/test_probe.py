@@ -416,3 +416,43 @@ def test_probe_by_digest(env):
 ])
 def test_parse_challenges(header, expected):
     assert bump_image.parse_challenges([header]) == expected
+
+
+@pytest.mark.parametrize("host, env, direct", [
+    ("127.0.0.1", {}, True), ("localhost", {}, True), ("::1", {}, True),
+    ("ghcr.io", {}, False), ("ghcr.io", {"no_proxy": "ghcr.io"}, True),
+    ("pkg.ghcr.io", {"NO_PROXY": ".ghcr.io,example.com"}, True),
+    ("ghcr.io.evil", {"no_proxy": "ghcr.io"}, False), ("x.y", {"no_proxy": "*"}, True),
+])
+def test_proxy_bypass(host, env, direct):
+    assert bump_image.bypasses_proxy(host, env) is direct
+
+
+def test_proxy_from_the_given_environment_is_used_for_remote_hosts(env):
+    with FakeRegistry() as proxy:
+        env = dict(env, http_proxy=proxy.base_url)
+        result = bump_image.bump({"image": IMAGE, "ghcr_probe_attempts": 1,
+                                  "registry_mirrors": {"ghcr.io": "http://mirror.example.test"}},
+                                 runner=FakeKubectl(), env=env, sleeper=lambda s: None)
+        seen = proxy.requests
+    assert result.exit_code == 3
+    assert seen and "mirror.example.test" in (seen[0]["path"] + seen[0]["headers"].get("Host", ""))
+
+
+def test_loopback_registry_is_never_proxied(env):
+    with FakeRegistry() as fake:
+        fake.add_manifest(REPO, "v2.35.9", DIGEST)
+        env = dict(env, http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+        result, events, _, _ = run(fake, env)
+    assert result.exit_code == 0 and probe_line(events)["digest"] == DIGEST
+
+
+def test_unauthorized_says_where_credentials_were_looked_for(env):
+    with FakeRegistry(auth=True, users={"alice": "pw"}, private={REPO}) as fake:
+        fake.add_manifest(REPO, "v2.35.9", DIGEST)
+        with open(env["DOCKER_CONFIG"] + "/config.json", "w") as fh:
+            json.dump({"auths": {}, "credsStore": "desktop"}, fh)
+        result, events, _, _ = run(fake, env, ghcr_probe_attempts=1)
+    message = probe_line(events)["error"]["message"]
+    assert "credentials are looked up for %s in %s/config.json (none there)" % (
+        fake.host, env["DOCKER_CONFIG"]) in message
