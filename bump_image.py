@@ -1961,9 +1961,12 @@ class Engine:
         """Wait for rollouts concurrently; fail fast on pods that cannot start.
 
         Each rollout is a ``kubectl rollout status`` child bounded by its remaining
-        time.  Meanwhile, every few seconds, one read of the namespace's
-        Deployments, ReplicaSets and Pods looks for problems (``diagnose``); one that
-        lasts ``fail_fast_seconds`` (or a passed progress deadline) stops its wait.
+        time.  Meanwhile one read of the namespace's Deployments, ReplicaSets and Pods
+        looks for problems (``diagnose``): after 1, 2 and 3 seconds, so a problem is
+        seen soon after it starts, then every ``fail_fast_seconds``/6 (1 to 5 s), and
+        again exactly when a problem seen earlier has lasted ``fail_fast_seconds``.  A
+        problem that lasted that long (or a passed progress deadline) stops its wait.
+        A rollout that completes within a second costs no read at all.
         """
         import threading
         done = threading.Event()
@@ -1985,27 +1988,32 @@ class Engine:
             threads.append(thread)
         self._threads = threads
         interval = min(5.0, max(1.0, self.s.fail_fast_seconds / 6.0))
-        next_poll = self.clock() + interval
+        next_poll = self.clock() + 1.0
         first_seen = {}
-        polling = True
+        polls, polling = 0, True
         while not all(w.finished for w in waits):
             done.wait(max(0.05, min(interval, next_poll - self.clock())))
             done.clear()
             pending = [w for w in waits if not w.finished and not w.failfast]
             if polling and pending and self.clock() >= next_poll:
-                polling = self.fail_fast(pending, first_seen)
-                next_poll = self.clock() + interval
+                polling, due = self.fail_fast(pending, first_seen)
+                polls += 1
+                next_poll = self.clock() + (1.0 if polls < 3 else interval)
+                if due is not None:
+                    next_poll = min(next_poll, due)
         for thread in threads:
             thread.join()
 
     def fail_fast(self, pending, first_seen):
         """One diagnostic read; stop the waits whose problems have lasted long
-        enough.  Returns False when the read is not possible (keep waiting only)."""
+        enough.  Returns ``(readable, due)``: False when the read is not possible
+        (then only the rollouts' own waits remain), and when the earliest problem
+        still short of ``fail_fast_seconds`` will reach it (None: no such problem)."""
         facts = self.facts()
         if facts is None:
-            return False
+            return False, None
         deployments, replicasets, pods = facts
-        now = self.clock()
+        now, due = self.clock(), None
         for w in pending:
             dep = deployments.get(w.comp.name)
             if dep is None:
@@ -2017,7 +2025,9 @@ class Engine:
                     _log("%s: %s, stopping the wait" % (w.comp.name, message))
                     self.kubectl.kill(w.tag)
                     break
-        return True
+                when = since + self.s.fail_fast_seconds
+                due = when if due is None else min(due, when)
+        return True, due
 
     def facts(self):
         """Deployments (by name), ReplicaSets and Pods of the namespace, or None."""
