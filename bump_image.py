@@ -294,6 +294,9 @@ def parse_image(text):
     if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
         if not _DOMAIN_RE.fullmatch(first):
             raise ValueError("invalid registry host %r" % first)
+        port = re.search(r":([0-9]+)$", first)
+        if port and int(port.group(1)) > 65535:
+            raise ValueError("invalid registry port in %r (at most 65535)" % first)
         domain, path, explicit = first, remainder, True
     if domain == "index.docker.io":
         domain = "docker.io"
@@ -424,7 +427,7 @@ def _get_number(p, key, default, lo, hi):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PayloadError("%s must be a number from %g to %g, got %s"
                            % (key, lo, hi, _describe(value)), hint=_number_hint(value))
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise PayloadError("%s must be a finite number, got %s" % (key, value))
     if not lo <= value <= hi:
         raise PayloadError("%s must be from %g to %g, got %s" % (key, lo, hi, value))
@@ -593,9 +596,9 @@ def _get_mirrors(p):
                 why = "no host"
             elif parts.username or parts.password:
                 why = "credentials do not belong in the URL (use the Docker config)"
-            elif parts.query or parts.fragment:
+            elif "?" in url or "#" in url:
                 why = "no query or fragment"
-            elif _CONTROL_RE.search(url) or " " in url:
+            elif _CONTROL_RE.search(url) or any(ch.isspace() for ch in url):
                 why = "white space or control characters"
         if why:
             raise PayloadError("registry_mirrors[%s] %s is not a usable base URL: %s"
@@ -703,7 +706,7 @@ def parse_retry_after(value, now=None):
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]+", value):
         return float(value)
     from email.utils import parsedate_to_datetime
     try:
@@ -888,6 +891,9 @@ def _redirect_handler():
     from urllib.parse import urlsplit
 
     class SafeRedirectHandler(urllib.request.HTTPRedirectHandler):
+        # Python < 3.11 has no http_error_308; redirect_request below accepts any 3xx
+        http_error_308 = urllib.request.HTTPRedirectHandler.http_error_302
+
         def redirect_request(self, req, fp, code, msg, headers, newurl):
             old, new = urlsplit(req.full_url), urlsplit(newurl)
             if new.scheme not in ("http", "https"):
@@ -941,10 +947,22 @@ def default_opener(ssl_context=None, env=None):
 
     Proxies come from ``http_proxy``/``https_proxy`` of ``env`` (default
     ``os.environ``); loopback hosts and ``no_proxy`` entries are reached directly.
+    The opener's ``sockets`` list collects the sockets it connects, so that a
+    request's whole deadline can be enforced (a socket time-out only bounds each
+    read; a server could trickle its answer forever).
     """
+    import http.client
     import urllib.request
     from urllib.parse import urlsplit
     env = os.environ if env is None else env
+    sockets = []
+
+    def watched(cls):
+        class Watched(cls):
+            def connect(self):
+                cls.connect(self)
+                sockets.append(self.sock)
+        return Watched
 
     class ProxyHandler(urllib.request.ProxyHandler):
         def proxy_open(self, req, proxy, type):
@@ -952,9 +970,31 @@ def default_opener(ssl_context=None, env=None):
                 return None
             return urllib.request.ProxyHandler.proxy_open(self, req, proxy, type)
 
-    return urllib.request.build_opener(
-        _redirect_handler()(), ProxyHandler(proxies_from(env)),
-        urllib.request.HTTPSHandler(context=ssl_context))
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(watched(http.client.HTTPSConnection), req,
+                                context=ssl_context)
+
+    opener = urllib.request.build_opener(
+        _redirect_handler()(), ProxyHandler(proxies_from(env)), HTTPHandler(),
+        HTTPSHandler(context=ssl_context))
+    opener.sockets = sockets
+    return opener
+
+
+def _expire(sockets, expired):
+    """The request deadline passed: unblock every read on its sockets."""
+    import socket
+    expired.append(True)
+    for sock in list(sockets):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class _Response:
@@ -976,8 +1016,9 @@ def _read_bounded(fh, clock, deadline):
     # the socket time-out bounds each read; the deadline bounds a trickle
     """Read at most BODY_LIMIT bytes, giving up at ``deadline``."""
     chunks, size = [], 0
+    read = getattr(fh, "read1", None) or fh.read     # read1: at most one recv per call
     while size <= BODY_LIMIT:
-        chunk = fh.read(min(65536, BODY_LIMIT + 1 - size))
+        chunk = read(min(65536, BODY_LIMIT + 1 - size))
         if not chunk:
             break
         chunks.append(chunk)
@@ -1016,6 +1057,7 @@ class RegistryProbe:
         self.host = parts.netloc
         self.token = None       # (value, expires_at)
         self._creds = False     # not looked up yet
+        self.attempts = 0       # attempts answered so far (reported after an interrupt)
 
     @property
     def url(self):
@@ -1028,6 +1070,7 @@ class RegistryProbe:
         outcome = None
         for attempt in range(1, n + 1):
             outcome = self.attempt()
+            self.attempts = attempt
             if outcome.ok:
                 _log("probe %s: available%s (attempt %d/%d)" % (
                     self.ref.text, " as " + outcome.digest if outcome.digest else "",
@@ -1112,7 +1155,11 @@ class RegistryProbe:
         """Exchange a Bearer challenge for a pull token (Docker token protocol)."""
         from urllib.parse import urlencode, urlsplit
         realm = params.get("realm") or ""
-        parts = urlsplit(realm)
+        try:
+            parts = urlsplit(realm)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            parts = urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _AttemptFailed(_Outcome("token_failed", "the Bearer challenge of %s has no"
                                           " usable realm: %r" % (self.host, realm[:200])))
@@ -1138,7 +1185,7 @@ class RegistryProbe:
                                           % (parts.netloc, what)))
         try:
             data = json.loads(resp.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             data = None
         token = None
         if isinstance(data, dict):
@@ -1147,13 +1194,15 @@ class RegistryProbe:
             raise _AttemptFailed(_Outcome("token_failed", "token endpoint %s answered without"
                                           " a token" % parts.netloc))
         lifetime = data.get("expires_in")
-        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)):
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) \
+                or not TOKEN_MIN_LIFETIME <= lifetime <= 86400:
             lifetime = TOKEN_MIN_LIFETIME
         self.token = (token, self.clock() + max(TOKEN_MIN_LIFETIME, lifetime) - 5)
         return token
 
     def _request(self, method, url, headers, auth, read_body=False, host=None):
         import http.client
+        import threading
         import urllib.error
         import urllib.request
         host = host or self.host
@@ -1163,6 +1212,15 @@ class RegistryProbe:
         if auth:
             req.add_unredirected_header("Authorization", auth)
         deadline = self.clock() + self.timeout
+        # the whole request's deadline: when it passes, the watchdog shuts the
+        # request's sockets down, which ends any read that is still waiting
+        expired, watchdog = [], None
+        sockets = getattr(self.opener, "sockets", None)
+        if sockets is not None:
+            del sockets[:]
+            watchdog = threading.Timer(self.timeout, _expire, (sockets, expired))
+            watchdog.daemon = True
+            watchdog.start()
         try:
             try:
                 resp = self.opener.open(req, timeout=self.timeout)
@@ -1178,6 +1236,8 @@ class RegistryProbe:
                 body = b""
                 if read_body and status == 200:
                     body = _read_bounded(resp, self.clock, deadline)
+                    if expired:
+                        raise TimeoutError("the body was not read in time")
                     if len(body) > BODY_LIMIT:
                         raise _AttemptFailed(_Outcome(
                             "token_failed", "the answer of %s is larger than %d bytes"
@@ -1188,7 +1248,11 @@ class RegistryProbe:
         except _AttemptFailed:
             raise
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            raise _AttemptFailed(classify_transport_error(exc, host, self.timeout))
+            error = TimeoutError("the request did not finish in time") if expired else exc
+            raise _AttemptFailed(classify_transport_error(error, host, self.timeout))
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
 
 
 def _close_quietly(resp):
@@ -1464,7 +1528,7 @@ class ProcessRunner:
     def __call__(self, argv, timeout, env=None, tag=None):
         import subprocess
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env)
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
         with self._lock:
             self._live[proc] = tag
         try:
@@ -1472,11 +1536,11 @@ class ProcessRunner:
                 out, err = proc.communicate(timeout=timeout)
                 timed_out = False
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _kill_group(proc)
                 out, err = proc.communicate()
                 timed_out = True
         except BaseException:
-            proc.kill()
+            _kill_group(proc)
             proc.wait()
             raise
         finally:
@@ -1490,10 +1554,27 @@ class ProcessRunner:
         with self._lock:
             procs = [p for p, t in self._live.items() if tag is None or t == tag]
         for proc in procs:
-            try:
-                proc.kill()
-            except OSError:
-                pass
+            _kill_group(proc)
+
+
+def _kill_group(proc):
+    """SIGKILL the child's process group (kubectl and anything a wrapper started).
+
+    The children run in sessions of their own, so their group id is their pid; a
+    process that is not such a group leader (or a fake one in tests) gets only
+    ``proc.kill()``.
+    """
+    import signal
+    try:
+        if proc.poll() is None and os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return
+    except (OSError, TypeError):
+        pass
+    try:
+        proc.kill()
+    except OSError:
+        pass
 
 
 _KLOG_RE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")
@@ -1527,7 +1608,7 @@ class Kubectl:
             argv.append("--request-timeout=%ds" % KUBECTL_REQUEST_TIMEOUT)
         try:
             return self.runner(argv, timeout=timeout, env=self.env, tag=tag)
-        except (FileNotFoundError, PermissionError) as exc:
+        except OSError as exc:
             raise KubectlFailed("cannot run %s: %s" % (self.base[0], exc.strerror or exc))
 
     def checked(self, args, what):
@@ -1714,7 +1795,8 @@ class Engine:
     def finish_interrupted(self):
         message = "interrupted by %s" % ("SIGTERM" if self.interrupted == 15 else "SIGINT")
         if self.probe_result is None:
-            self.probe_result = ProbeResult("unavailable", 0, None,
+            attempts = getattr(getattr(self, "prober", None), "attempts", 0)
+            self.probe_result = ProbeResult("unavailable", attempts, None,
                                             {"code": "interrupted", "message": message})
             self.on_event(self.probe_result.event(self.s.image.text))
             return
@@ -1728,7 +1810,7 @@ class Engine:
                 comp = Component(name, self.s.namespace, self._target_image(),
                                  self.probe_result.digest, self.clock())
                 comp.finish("error", self.clock, "interrupted", message + " before this"
-                            " Deployment was read or changed")
+                            " Deployment was checked or changed")
             elif comp.status is None:
                 comp.finish("error", self.clock, "interrupted", message + " before this"
                             " Deployment finished (its change may have been applied)")
@@ -1774,8 +1856,9 @@ class Engine:
             _log("probe %s: skipped (%s)" % (ref.text, why))
             return ProbeResult("skipped", 0, ref.digest)
         opener = self.opener if self.opener is not None else default_opener(env=self.env)
-        return RegistryProbe(self.s, opener, self.sleeper, self.clock, self.env,
-                             self.http_timeout).run()
+        self.prober = RegistryProbe(self.s, opener, self.sleeper, self.clock, self.env,
+                                    self.http_timeout)
+        return self.prober.run()
 
     def _target_image(self):
         digest = self.probe_result.digest if self.probe_result else None
@@ -1976,6 +2059,9 @@ class Engine:
                 w.outcome = self.rollout_status(w)
             except KubectlFailed as exc:
                 w.outcome = ("kubectl_failed", exc.message)
+            except Exception as exc:  # noqa: BLE001 - never report an unchecked rollout as done
+                w.outcome = ("kubectl_failed", "waiting for the rollout failed: %s: %s"
+                             % (type(exc).__name__, exc))
             finally:
                 w.finished = True
                 done.set()
@@ -2221,9 +2307,9 @@ def _read_payload(source, stdin):
         try:
             with open(where, "rb") as fh:
                 raw = fh.read(PAYLOAD_LIMIT + 1)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise PayloadError("cannot read the payload file %s: %s"
-                               % (json.dumps(where), exc.strerror or exc))
+                               % (json.dumps(where), getattr(exc, "strerror", None) or exc))
     else:
         return source
     if len(raw) > PAYLOAD_LIMIT:
@@ -2336,8 +2422,12 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
                 engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper,
                                 clock=clock, env=env, on_event=out.write)
                 code = engine.run().exit_code
-            except Interrupted as exc:
+            except Interrupted as exc:     # before the run started: nothing was contacted
                 code = 128 + exc.signum
+                out.write({"event": "error", "error": {
+                    "code": "interrupted", "message": "interrupted by %s before the run"
+                    " started" % ("SIGTERM" if exc.signum == 15 else "SIGINT"), "hint": None},
+                    "exit_code": code})
         out.close()
         return code
     except BumpError as exc:
