@@ -2409,10 +2409,14 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
     out = _Output(stdout)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv == ["--version"]:   # the common check needs no argparse, gettext, shutil
+            stdout.write("bump_image %s\n" % __version__)
+            stdout.flush()
+            return 0
         try:
-            args = _argument_parser(stdout).parse_args(
-                sys.argv[1:] if argv is None else list(argv))
+            args = _argument_parser(stdout).parse_args(argv)
         except _Exit as done:
             return done.status
         out.format = args.format
