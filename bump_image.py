@@ -879,13 +879,13 @@ def docker_config_path(env):
 # Registry probe: the HTTP edge
 # --------------------------------------------------------------------------
 
-_opener_classes = {}
+_redirect_class = []      # made once, on first use (urllib is imported only for a probe)
 
 
 def _redirect_handler():
     """A redirect handler that keeps HEAD as HEAD and Authorization on its host."""
-    if "redirect" in _opener_classes:
-        return _opener_classes["redirect"]
+    if _redirect_class:
+        return _redirect_class[0]
     import urllib.error
     import urllib.request
     from urllib.parse import urlsplit
@@ -914,7 +914,7 @@ def _redirect_handler():
                 new_req.add_unredirected_header("Authorization", auth)
             return new_req
 
-    _opener_classes["redirect"] = SafeRedirectHandler
+    _redirect_class.append(SafeRedirectHandler)
     return SafeRedirectHandler
 
 
@@ -934,9 +934,10 @@ def bypasses_proxy(host, env):
     if _is_loopback(host):
         return True
     for entry in (env.get("no_proxy") or env.get("NO_PROXY") or "").split(","):
-        entry = entry.strip().lower().lstrip("*").lstrip(".").split(":")[0]
-        if entry == "" and "*" in (env.get("no_proxy") or env.get("NO_PROXY") or ""):
+        entry = entry.strip().lower()
+        if entry == "*":
             return True
+        entry = entry.lstrip("*").lstrip(".").split(":")[0]
         if entry and (host == entry or host.endswith("." + entry)):
             return True
     return False
@@ -1013,8 +1014,8 @@ class _AttemptFailed(Exception):
 
 
 def _read_bounded(fh, clock, deadline):
-    # the socket time-out bounds each read; the deadline bounds a trickle
-    """Read at most BODY_LIMIT bytes, giving up at ``deadline``."""
+    """Read at most BODY_LIMIT bytes, giving up at ``deadline`` (the socket time-out
+    bounds each read; the deadline, and the request's watchdog, bound a trickle)."""
     chunks, size = [], 0
     read = getattr(fh, "read1", None) or fh.read     # read1: at most one recv per call
     while size <= BODY_LIMIT:
@@ -1052,9 +1053,7 @@ class RegistryProbe:
         self.env = env
         self.base = registry_endpoint(self.ref, settings.mirrors)
         from urllib.parse import urlsplit
-        parts = urlsplit(self.base)
-        self.origin = (parts.scheme, parts.hostname, parts.port)
-        self.host = parts.netloc
+        self.host = urlsplit(self.base).netloc
         self.token = None       # (value, expires_at)
         self._creds = False     # not looked up yet
         self.attempts = 0       # attempts answered so far (reported after an interrupt)
