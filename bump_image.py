@@ -1087,8 +1087,8 @@ class RegistryProbe:
         why = "gave up after %d attempt%s" % (attempt, "" if attempt == 1 else "s")
         if not outcome.retryable:
             why = "not retried"
-        message = "%s: %s (%s)" % (self.ref.text, outcome.message, why)
-        _log("probe %s" % message)
+        message = "%s (%s)" % (outcome.message, why)
+        _log("probe %s: %s" % (self.ref.text, message))
         return ProbeResult("unavailable", attempt, None, {"code": outcome.code,
                                                           "message": message})
 
