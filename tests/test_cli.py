@@ -1,6 +1,7 @@
 """The command line: payload sources, override flags, formats, exit codes."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,18 @@ def test_a_bad_payload_from_a_real_process_has_no_traceback():
     assert done.returncode == 2
     assert b"Traceback" not in done.stderr and done.stderr == b""
     assert json.loads(done.stdout)["error"]["code"] == "invalid_payload"
+
+
+def test_console_script_when_installed():
+    """tox installs the package: the ``bump-image`` console script is the same CLI."""
+    script = os.path.join(os.path.dirname(sys.executable), "bump-image")
+    if not os.path.exists(script):
+        if os.environ.get("BUMP_IMAGE_REQUIRE_REAL") == "1":
+            pytest.fail("bump-image is not installed beside %s" % sys.executable)
+        pytest.skip("bump-image is not installed (pip install .)")
+    done = subprocess.run([script, "--payload", "{"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["error"]["code"] == "invalid_payload"
+    done = subprocess.run([script, "--version"], stdout=subprocess.PIPE, timeout=60)
+    assert done.stdout.decode().strip() == "bump_image " + bump_image.__version__
