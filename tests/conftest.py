@@ -20,7 +20,8 @@ REQUIRE_REAL = os.environ.get("BUMP_IMAGE_REQUIRE_REAL") == "1"
 DISPATCHER = os.environ.get("KUBECTL_SYSTEM") or "/usr/bin/kubectl"
 
 
-def _newer_kubectl():
+def newer_kubectl():
+    """kubectl 1.37 ($KUBECTL_NEW, else a kubectl that is not the dispatcher)."""
     for path in (os.environ.get("KUBECTL_NEW"), "/tmp/tv/bin/kubectl", shutil.which("kubectl")):
         if path and os.path.isfile(path) and \
                 os.path.realpath(path) != os.path.realpath(DISPATCHER):
@@ -29,7 +30,7 @@ def _newer_kubectl():
 
 
 #: (id, kubectl binary, server version the simulator reports)
-KUBECTLS = [("kubectl-1.33", DISPATCHER, "1.33.1"), ("kubectl-1.37", _newer_kubectl(), "1.37.1")]
+KUBECTLS = [("kubectl-1.33", DISPATCHER, "1.33.1"), ("kubectl-1.37", newer_kubectl(), "1.37.1")]
 
 
 def need(path, what):

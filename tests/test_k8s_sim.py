@@ -12,7 +12,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,26 +26,13 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import k8s_sim  # noqa: E402
+from conftest import DISPATCHER, newer_kubectl  # noqa: E402
 from k8s_sim import start_sim, stop_sim, write_kubeconfig  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
 NS = "noetl"
-DISPATCHER = os.environ.get("KUBECTL_SYSTEM") or "/usr/bin/kubectl"
-
-
-def _new_kubectl():
-    candidates = [os.environ.get("KUBECTL_NEW"), "/tmp/tv/bin/kubectl"]
-    on_path = shutil.which("kubectl")
-    if on_path and os.path.realpath(on_path) != os.path.realpath(DISPATCHER):
-        candidates.append(on_path)
-    for path in candidates:
-        if path and os.path.isfile(path):
-            return path
-    return os.environ.get("KUBECTL_NEW") or "/tmp/tv/bin/kubectl"
-
-
-KUBECTLS = [pytest.param(DISPATCHER, id="dispatcher"), pytest.param(_new_kubectl(), id="new")]
+KUBECTLS = [pytest.param(DISPATCHER, id="dispatcher"), pytest.param(newer_kubectl(), id="new")]
 
 
 class Kubectl:
