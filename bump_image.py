@@ -28,20 +28,51 @@ Library use::
     result = bump_image.bump({"image": "ghcr.io/noetl/noetl:v2.35.9"})
     result.exit_code            # as the CLI would exit
     result.events()             # the probe, component and summary lines as dicts
+    result.probe                # a ProbeResult; result.components: [Component]
 
 ``bump()`` raises ``PayloadError`` (exit 2) or ``EnvironmentProblem`` (exit 4) when
 nothing could run; every other outcome is data in the returned ``Result``.  The
 effects are keyword arguments with standard-library defaults: ``runner`` (runs
 kubectl, see ``ProcessRunner``), ``opener`` (urllib opener), ``sleeper``, ``clock``,
-``env`` (environment mapping) and ``on_event`` (called with each line as it is
-ready).  The payload keys, output lines and exit codes are described in README.md.
+``env`` (environment mapping), ``on_event`` (called with each line as it is ready)
+and ``progress`` (called with each human-readable progress line; silent by
+default).  The payload keys are the table ``PAYLOAD_KEYS`` (``--help`` lists them);
+output lines and exit codes are described in README.md.
+
+Where things live, top to bottom:
+
+1. Constants: defaults, media types, time-outs, waiting reasons.
+2. Errors: ``BumpError`` and its subclasses, each with a code and an exit status.
+3. Image references: ``parse_image`` (the distribution grammar), ``ImageRef``.
+4. Payload: the key table ``PAYLOAD_KEYS``, one checker per value type,
+   ``parse_payload`` -> ``Settings``.
+5. Registry probe, pure: challenges, ``Retry-After``, judging an answer, endpoints,
+   Docker config credentials.
+6. Registry probe, the HTTP edge: the opener, ``RegistryProbe`` (one image's attempts).
+7. Deployments, pure: ``plan_deployment`` (containers), ``decide`` (what to do with
+   one Deployment), ``rollout_verdict``, ``diagnose``, ``verify_pods``.
+8. kubectl, the subprocess edge: ``ProcessRunner``, ``Kubectl``.
+9. The engine: ``Engine`` (preflight, probe, read, apply, wait, verify) and ``bump``.
+10. Reporting and the command line: ``render_text``, the argument parser, ``main``.
 """
 
+import argparse
+import base64
+import difflib
+import functools
 import json
+import math
 import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
+import textwrap
+import threading
 import time
+from dataclasses import dataclass, field
+from urllib.parse import urlencode, urlsplit
 
 __version__ = "1.0.0"
 
@@ -51,26 +82,24 @@ __all__ = [
     "main",
     "parse_payload",
     "parse_image",
+    "decide",
+    "rollout_verdict",
+    "PAYLOAD_KEYS",
     "ImageRef",
-    "Settings",
     "Result",
+    "ProbeResult",
+    "Component",
     "ProcessRunner",
     "Completed",
     "default_opener",
-    "rollout_verdict",
-    "plan_deployment",
-    "diagnose",
-    "verify_pods",
-    "parse_challenges",
     "BumpError",
     "PayloadError",
-    "UsageError",
     "EnvironmentProblem",
     "Interrupted",
 ]
 
 # --------------------------------------------------------------------------
-# Constants
+# 1. Constants
 # --------------------------------------------------------------------------
 
 DEFAULT_NAMESPACE = "noetl"
@@ -88,6 +117,7 @@ HTTP_TIMEOUT = 15.0            # seconds, every registry and token request
 BODY_LIMIT = 1 << 20           # bytes read at most from a token or error body
 RETRY_AFTER_CAP = 60.0         # seconds: the longest Retry-After we honour
 TOKEN_MIN_LIFETIME = 60        # seconds, as the Docker token spec says
+TOKEN_MAX_LIFETIME = 86400     # seconds: a longer expires_in is clamped to this
 PAYLOAD_LIMIT = 1 << 20        # bytes of payload read from a file or stdin
 
 KUBECTL_REQUEST_TIMEOUT = 20   # seconds, kubectl's own --request-timeout
@@ -109,7 +139,7 @@ BAD_WAITING_REASONS = frozenset((
 _REASON_CLASS = {"ErrImagePull": "pull", "ImagePullBackOff": "pull"}
 
 # --------------------------------------------------------------------------
-# Errors
+# 2. Errors
 # --------------------------------------------------------------------------
 
 
@@ -174,7 +204,7 @@ class Interrupted(BaseException):
 
 
 # --------------------------------------------------------------------------
-# Image references (the distribution reference grammar)
+# 3. Image references (the distribution reference grammar)
 # --------------------------------------------------------------------------
 
 _ALNUM = r"[a-z0-9]+"
@@ -190,6 +220,13 @@ _DIGEST_RE = re.compile(r"(sha256|sha384|sha512):([0-9a-f]+)")
 NAME_MAX = 255
 
 
+def is_digest(text):
+    """True for ``sha256:`` + 64 lower-case hex digits (or sha384/sha512)."""
+    m = _DIGEST_RE.fullmatch(text)
+    return bool(m) and len(m.group(2)) == _DIGEST_HEX[m.group(1)]
+
+
+@dataclass(frozen=True, eq=False)
 class ImageRef:
     """A parsed, normalized image reference.
 
@@ -199,15 +236,12 @@ class ImageRef:
     named a registry host; ``text`` is the reference as the user wrote it.
     """
 
-    __slots__ = ("domain", "path", "tag", "digest", "explicit_domain", "text")
-
-    def __init__(self, domain, path, tag=None, digest=None, explicit_domain=True, text=None):
-        self.domain = domain
-        self.path = path
-        self.tag = tag
-        self.digest = digest
-        self.explicit_domain = explicit_domain
-        self.text = text if text is not None else self.canonical()
+    domain: str
+    path: str
+    tag: str = None              # or None
+    digest: str = None           # or None
+    explicit_domain: bool = True
+    text: str = ""
 
     @property
     def name(self):
@@ -276,8 +310,7 @@ def parse_image(text):
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        m = _DIGEST_RE.fullmatch(digest)
-        if not m or len(m.group(2)) != _DIGEST_HEX[m.group(1)]:
+        if not is_digest(digest):
             raise ValueError("invalid digest %r (expected sha256: and 64 lower-case hex digits)"
                              % digest)
     tag = None
@@ -312,7 +345,7 @@ def parse_image(text):
     return ImageRef(domain, path, tag, digest, explicit, text)
 
 
-def _loose_image(text):
+def parse_image_or_none(text):
     """Parse an image found in the cluster; None when it is not a valid reference."""
     try:
         return parse_image(text)
@@ -339,8 +372,15 @@ def _is_loopback(host):
             and all(p.isdigit() and int(p) < 256 for p in parts))
 
 
+def will_probe(ref, mode):
+    """The probe rule: ``never``; ``always``; ``auto`` = external registries only."""
+    if mode == "never":
+        return False
+    return mode == "always" or not is_local_registry(ref)
+
+
 # --------------------------------------------------------------------------
-# Payload
+# 4. Payload: the key table, one checker per value type, parse_payload
 # --------------------------------------------------------------------------
 
 _DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
@@ -348,26 +388,133 @@ _DNS_LABEL_RE = re.compile(_DNS_LABEL)
 _DNS_SUBDOMAIN_RE = re.compile(_DNS_LABEL + r"(?:\." + _DNS_LABEL + r")*")
 _CONTEXT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-
-#: Every accepted key, in the order README.md documents them.
-PAYLOAD_KEYS = (
-    "image", "image_repository", "target_tag", "namespace", "deployment", "deployments",
-    "components", "container", "ghcr_probe_attempts", "ghcr_probe_sleep_seconds",
-    "probe", "registry_mirrors", "rollout_timeout_seconds", "dry_run",
-    "expected_kube_context", "context", "kubeconfig", "kubectl", "pin_digest",
-    "rollback_on_failure", "parallel", "fail_fast_seconds",
-)
 PROBE_MODES = ("auto", "always", "never")
 
 
+@dataclass(frozen=True)
+class Key:
+    """One payload key: its value type, default, range or choices, and meaning.
+
+    ``kind`` names the checker (``_CHECKERS``); ``attr`` the ``Settings`` field it
+    fills (None for keys that are combined with others, such as the image forms);
+    ``alias_of`` makes this key another spelling of that one.  ``shown`` is the
+    default as the help and README print it, where the value alone does not say it.
+    """
+
+    name: str
+    kind: str
+    meaning: str
+    default: object = None
+    low: float = None
+    high: float = None
+    choices: tuple = ()
+    attr: str = None
+    alias_of: str = None
+    shown: str = None
+
+    def type_text(self):
+        """The value type as the help and README's payload table print it."""
+        if self.kind in ("integer", "number"):
+            return "%s %g–%g" % (self.kind, self.low, self.high)
+        if self.kind == "choice":
+            return " / ".join("`%s`" % c for c in self.choices)
+        return _TYPE_TEXT[self.kind]
+
+    def default_text(self):
+        """The default as the help and README's payload table print it."""
+        if self.shown is not None:
+            return self.shown
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, str):
+            return "`%s`" % self.default
+        return "%g" % self.default
+
+
+_TYPE_TEXT = {
+    "image": "string", "repository": "string", "tag": "string", "label": "string",
+    "subdomain": "string", "context": "string", "path": "string", "boolean": "boolean",
+    "names": "list of strings", "mirrors": "object: registry host → base URL",
+}
+
+#: Every payload key, in the order README.md documents them.  The one source of
+#: truth for validation, ``--help`` and README's payload table (a test holds README
+#: to it).
+PAYLOAD_KEYS = (
+    Key("image", "image", "target reference, e.g. `ghcr.io/noetl/noetl:v2.35.9`; a tag,"
+        " a digest (`@sha256:…`) or both", shown="—"),
+    Key("image_repository", "repository", "playbook form: image = `image_repository:"
+        "target_tag`; both or neither; if `image` is given too they must agree", shown="—"),
+    Key("target_tag", "tag", "playbook form: the tag that goes with `image_repository`",
+        shown="—"),
+    Key("namespace", "label", "Kubernetes namespace (a DNS-1123 label)",
+        default=DEFAULT_NAMESPACE, attr="namespace"),
+    Key("deployment", "subdomain", "one Deployment", shown="—"),
+    Key("deployments", "names", "several Deployments, processed in this order; no"
+        " duplicates", shown="the three defaults"),
+    Key("components", "names", "the playbook's name for `deployments`",
+        alias_of="deployments", shown="the three defaults"),
+    Key("container", "label", "the container to update in each Deployment (regular or"
+        " init); see [containers](#which-containers)", attr="container", shown="auto"),
+    Key("ghcr_probe_attempts", "integer", "manifest probes at most", default=12, low=1,
+        high=10000, attr="probe_attempts"),
+    Key("ghcr_probe_sleep_seconds", "number", "sleep between probes (none after the last)",
+        default=10, low=0, high=3600, attr="probe_sleep"),
+    Key("probe", "choice", "`auto` probes external registries only, see"
+        " [probe](#registry-probe)", default="auto", choices=PROBE_MODES, attr="probe"),
+    Key("registry_mirrors", "mirrors", "probe this endpoint instead of the registry, e.g."
+        ' `{"ghcr.io": "https://mirror.internal"}`', attr="mirrors", shown="`{}`"),
+    Key("rollout_timeout_seconds", "integer", "per Deployment", default=300, low=1,
+        high=86400, attr="rollout_timeout"),
+    Key("dry_run", "boolean", "probe and read, report what would change, change nothing",
+        default=False, attr="dry_run"),
+    Key("expected_kube_context", "context", "refuse to run unless kubectl's context is this"
+        " one (skipped in-cluster, where `KUBERNETES_SERVICE_HOST` is set)",
+        attr="expected_context", shown="none"),
+    Key("context", "context", "passed to kubectl as `--context=`", attr="context",
+        shown="none"),
+    Key("kubeconfig", "path", "passed to kubectl as `--kubeconfig=`", attr="kubeconfig",
+        shown="none"),
+    Key("kubectl", "path", "the kubectl binary (a name on `PATH` or a path)",
+        default="kubectl", attr="kubectl"),
+    Key("pin_digest", "boolean", "set `repo:tag@sha256:<digest>` with the digest the probe"
+        " saw", default=False, attr="pin_digest"),
+    Key("fail_fast_seconds", "number", "stop waiting for a rollout whose new pods have been"
+        " stuck this long (see [rollouts](#rollouts))", default=60, low=0, high=86400,
+        attr="fail_fast_seconds"),
+    Key("rollback_on_failure", "boolean", "after a failed rollout, `kubectl rollout undo` to"
+        " the revision read before the change", default=False, attr="rollback_on_failure"),
+    Key("parallel", "boolean", "apply every change first, then wait for all rollouts at"
+        " once", default=False, attr="parallel"),
+)
+KEYS_BY_NAME = {key.name: key for key in PAYLOAD_KEYS}
+_LIST_KEYS = ("deployment", "deployments", "components")
+
+
+@dataclass
 class Settings:
-    """A validated payload: every key resolved to its value or default."""
+    """A validated payload: every key resolved to its value or its default (the
+    defaults live in ``PAYLOAD_KEYS``, not here)."""
 
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-    def __repr__(self):
-        return "Settings(%s)" % ", ".join("%s=%r" % kv for kv in sorted(self.__dict__.items()))
+    image: ImageRef
+    deployments: list              # [name], in the order given
+    listed: bool                   # True when the payload named them (not the defaults)
+    namespace: str
+    container: str                 # or None: chosen per Deployment
+    probe_attempts: int
+    probe_sleep: float
+    probe: str
+    mirrors: dict
+    rollout_timeout: int
+    dry_run: bool
+    expected_context: str          # or None
+    context: str                   # or None
+    kubeconfig: str                # or None
+    kubectl: str
+    pin_digest: bool
+    fail_fast_seconds: float
+    rollback_on_failure: bool
+    parallel: bool
 
 
 def _describe(value):
@@ -389,7 +536,6 @@ def _describe(value):
 
 
 def _did_you_mean(word, choices):
-    import difflib
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return "did you mean %r?" % close[0] if close else None
 
@@ -404,61 +550,60 @@ def _number_hint(value):
     return None
 
 
-def _get_int(p, key, default, lo, hi):
-    value = p.get(key)
-    if value is None:
-        return default
+# -- one checker per value type: (key, value) -> the value, or PayloadError ----------
+
+def _check_integer(key, value):
+    name, lo, hi = key.name, key.low, key.high
     if isinstance(value, bool) or not isinstance(value, int):
         hint = _number_hint(value)
         if isinstance(value, float) and value == value and value.is_integer():
             hint = "write it as a whole number: %d" % value
         raise PayloadError("%s must be a whole number from %d to %d, got %s"
-                           % (key, lo, hi, _describe(value)), hint=hint)
+                           % (name, lo, hi, _describe(value)), hint=hint)
     if not lo <= value <= hi:
-        raise PayloadError("%s must be from %d to %d, got %d" % (key, lo, hi, value))
+        raise PayloadError("%s must be from %d to %d, got %d" % (name, lo, hi, value))
     return value
 
 
-def _get_number(p, key, default, lo, hi):
-    import math
-    value = p.get(key)
-    if value is None:
-        return default
+def _check_number(key, value):
+    name, lo, hi = key.name, key.low, key.high
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PayloadError("%s must be a number from %g to %g, got %s"
-                           % (key, lo, hi, _describe(value)), hint=_number_hint(value))
+                           % (name, lo, hi, _describe(value)), hint=_number_hint(value))
     if isinstance(value, float) and not math.isfinite(value):
-        raise PayloadError("%s must be a finite number, got %s" % (key, value))
+        raise PayloadError("%s must be a finite number, got %s" % (name, value))
     if not lo <= value <= hi:
-        raise PayloadError("%s must be from %g to %g, got %s" % (key, lo, hi, value))
+        raise PayloadError("%s must be from %g to %g, got %s" % (name, lo, hi, value))
     return value
 
 
-def _get_bool(p, key):
-    value = p.get(key)
-    if value is None:
-        return False
+def _check_boolean(key, value):
     if not isinstance(value, bool):
         hint = None
         if isinstance(value, str) and value.lower() in ("true", "false"):
             hint = "write %s without quotes" % value.lower()
-        raise PayloadError("%s must be true or false, got %s" % (key, _describe(value)),
+        raise PayloadError("%s must be true or false, got %s" % (key.name, _describe(value)),
                            hint=hint)
     return value
 
 
-def _get_str(p, key):
-    value = p.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise PayloadError("%s must be a string, got %s" % (key, _describe(value)))
-    if not value:
-        raise PayloadError("%s must not be empty" % key)
+def _check_choice(key, value):
+    if value not in key.choices:
+        raise PayloadError("%s must be one of %s; got %s" % (
+            key.name, ", ".join(key.choices), _describe(value)),
+            hint=_did_you_mean(str(value), key.choices))
     return value
 
 
-def _check_k8s_name(key, value, subdomain):
+def _check_string(key, value):
+    if not isinstance(value, str):
+        raise PayloadError("%s must be a string, got %s" % (key.name, _describe(value)))
+    if not value:
+        raise PayloadError("%s must not be empty" % key.name)
+    return value
+
+
+def _check_k8s_name(where, value, subdomain):
     """Kubernetes name rules: a DNS-1123 label (63) or subdomain (253)."""
     limit, rx = (253, _DNS_SUBDOMAIN_RE) if subdomain else (63, _DNS_LABEL_RE)
     if len(value) > limit or not rx.fullmatch(value):
@@ -469,112 +614,111 @@ def _check_k8s_name(key, value, subdomain):
         raise PayloadError(
             "%s %s is not a valid Kubernetes name (a %s: lower-case letters, digits, '-'%s,"
             " starting and ending with a letter or digit, at most %d characters)"
-            % (key, json.dumps(value), kind, " and '.'" if subdomain else "", limit), hint=hint)
+            % (where, json.dumps(value), kind, " and '.'" if subdomain else "", limit),
+            hint=hint)
     return value
 
 
-def _get_k8s_name(p, key, default, subdomain=False):
-    value = _get_str(p, key)
-    return default if value is None else _check_k8s_name(key, value, subdomain)
+def _check_label(key, value):
+    return _check_k8s_name(key.name, _check_string(key, value), subdomain=False)
 
 
-def _get_context(p, key):
-    value = _get_str(p, key)
-    if value is not None and (len(value) > 253 or not _CONTEXT_RE.fullmatch(value)):
+def _check_subdomain(key, value):
+    if isinstance(value, list):
+        raise PayloadError("%s must be one name (a string), got a list" % key.name,
+                           hint="use deployments for a list")
+    return _check_k8s_name(key.name, _check_string(key, value), subdomain=True)
+
+
+def _check_context(key, value):
+    value = _check_string(key, value)
+    if len(value) > 253 or not _CONTEXT_RE.fullmatch(value):
         raise PayloadError("%s %s is not a usable context name (letters, digits and ._:/@+-,"
-                           " not starting with '-')" % (key, json.dumps(value)))
+                           " not starting with '-')" % (key.name, json.dumps(value)))
     return value
 
 
-def _get_path(p, key, default=None):
-    value = _get_str(p, key)
-    if value is None:
-        return default
+def _check_path(key, value):
+    value = _check_string(key, value)
     if _CONTROL_RE.search(value) or value.startswith("-") or len(value) > 4096:
         raise PayloadError("%s %s is not a usable path (no control characters, not starting"
-                           " with '-')" % (key, json.dumps(value)))
+                           " with '-')" % (key.name, json.dumps(value)))
     return value
 
 
-def _get_deployments(p):
-    given = [k for k in ("deployment", "deployments", "components") if p.get(k) is not None]
-    if len(given) > 1:
-        raise PayloadError("give only one of deployment, deployments and components; got "
-                           + " and ".join(given))
-    if not given:
-        return list(DEFAULT_DEPLOYMENTS), False
-    key = given[0]
-    value = p[key]
-    if key == "deployment":
-        if isinstance(value, list):
-            raise PayloadError("deployment must be one name (a string), got a list",
-                               hint="use deployments for a list")
-        return [_get_k8s_name(p, key, None, subdomain=True)], True
+def _check_names(key, value):
     if not isinstance(value, list):
         hint = "use deployment for one name" if isinstance(value, str) else None
         raise PayloadError("%s must be a list of Deployment names, got %s"
-                           % (key, _describe(value)), hint=hint)
+                           % (key.name, _describe(value)), hint=hint)
     if not value:
-        raise PayloadError("%s is empty: name at least one Deployment" % key,
+        raise PayloadError("%s is empty: name at least one Deployment" % key.name,
                            hint="leave the key out for the defaults: "
                                 + ", ".join(DEFAULT_DEPLOYMENTS))
     names = []
     for i, item in enumerate(value):
-        where = "%s[%d]" % (key, i)
+        where = "%s[%d]" % (key.name, i)
         if not isinstance(item, str):
             raise PayloadError("%s must be a string, got %s" % (where, _describe(item)))
         _check_k8s_name(where, item, subdomain=True)
         if item in names:
-            raise PayloadError("%s: Deployment %s is listed twice" % (key, json.dumps(item)))
+            raise PayloadError("%s: Deployment %s is listed twice"
+                               % (key.name, json.dumps(item)))
         names.append(item)
-    return names, True
+    return names
 
 
-def _get_image(p):
-    image = p.get("image")
-    repo, tag = p.get("image_repository"), p.get("target_tag")
-    if (repo is None) != (tag is None):
-        raise PayloadError("image_repository and target_tag go together: give both or neither",
-                           hint="or give the whole reference as image")
-    combined = None
-    if repo is not None:
-        repo, tag = _get_str(p, "image_repository"), _get_str(p, "target_tag")
-        try:
-            repo_ref = parse_image(repo)
-        except ValueError as exc:
-            raise PayloadError("image_repository %s is invalid: %s" % (json.dumps(repo), exc))
-        if repo_ref.tag is not None or repo_ref.digest is not None:
-            raise PayloadError("image_repository %s must not carry a tag or digest"
-                               % json.dumps(repo), hint="put the tag in target_tag")
-        if not _TAG_RE.fullmatch(tag):
-            raise PayloadError("target_tag %s is not a valid tag" % json.dumps(tag))
-        combined = repo + ":" + tag
-    if image is None and combined is None:
-        raise PayloadError("image is required", hint='e.g. "image": "ghcr.io/noetl/noetl:v2.35.9"'
-                           ' (or image_repository with target_tag)')
-    if image is not None:
-        image = _get_str(p, "image")
+def _check_image(key, value):
+    value = _check_string(key, value)
     try:
-        ref = parse_image(image if image is not None else combined)
+        return parse_image(value)
     except ValueError as exc:
-        raise PayloadError("image %s is invalid: %s" % (json.dumps(image or combined), exc))
-    if combined is not None and image is not None and parse_image(combined) != ref:
-        raise PayloadError("image %s and image_repository:target_tag %s disagree"
-                           % (json.dumps(image), json.dumps(combined)))
-    if ref.tag is None and ref.digest is None:
-        raise PayloadError("image %s has neither a tag nor a digest" % json.dumps(ref.text),
-                           hint="name the release, e.g. %s:v1.2.3" % ref.text)
-    return ref
+        raise PayloadError("image %s is invalid: %s" % (json.dumps(value), exc))
 
 
-def _get_mirrors(p):
-    value = p.get("registry_mirrors")
-    if value is None:
-        return {}
+def _check_repository(key, value):
+    value = _check_string(key, value)
+    try:
+        ref = parse_image(value)
+    except ValueError as exc:
+        raise PayloadError("image_repository %s is invalid: %s" % (json.dumps(value), exc))
+    if ref.tag is not None or ref.digest is not None:
+        raise PayloadError("image_repository %s must not carry a tag or digest"
+                           % json.dumps(value), hint="put the tag in target_tag")
+    return value
+
+
+def _check_tag(key, value):
+    value = _check_string(key, value)
+    if not _TAG_RE.fullmatch(value):
+        raise PayloadError("target_tag %s is not a valid tag" % json.dumps(value))
+    return value
+
+
+def url_problem(url):
+    """Why ``url`` is not a usable http(s) base URL, or None when it is."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be https or http"
+    if not parts.hostname:
+        return "no host"
+    if parts.username or parts.password:
+        return "credentials do not belong in the URL (use the Docker config)"
+    if "?" in url or "#" in url:
+        return "no query or fragment"
+    if _CONTROL_RE.search(url) or any(ch.isspace() for ch in url):
+        return "white space or control characters"
+    return None
+
+
+def _check_mirrors(key, value):
     if not isinstance(value, dict):
         raise PayloadError("registry_mirrors must be an object of registry host -> base URL,"
                            " got %s" % _describe(value))
-    from urllib.parse import urlsplit
     mirrors = {}
     for host, url in value.items():
         if not _DOMAIN_RE.fullmatch(host) or host.lower() != host:
@@ -583,29 +727,69 @@ def _get_mirrors(p):
         if not isinstance(url, str):
             raise PayloadError("registry_mirrors[%s] must be a URL string, got %s"
                                % (json.dumps(host), _describe(url)))
-        why = None
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            parts, why = None, str(exc)
-        if parts is not None:
-            if parts.scheme not in ("http", "https"):
-                why = "the scheme must be https or http"
-            elif not parts.hostname:
-                why = "no host"
-            elif parts.username or parts.password:
-                why = "credentials do not belong in the URL (use the Docker config)"
-            elif "?" in url or "#" in url:
-                why = "no query or fragment"
-            elif _CONTROL_RE.search(url) or any(ch.isspace() for ch in url):
-                why = "white space or control characters"
+        why = url_problem(url)
         if why:
             raise PayloadError("registry_mirrors[%s] %s is not a usable base URL: %s"
                                % (json.dumps(host), json.dumps(url), why),
                                hint='e.g. {"ghcr.io": "https://mirror.internal"}')
         mirrors["docker.io" if host == "index.docker.io" else host] = url.rstrip("/")
     return mirrors
+
+
+_CHECKERS = {
+    "integer": _check_integer, "number": _check_number, "boolean": _check_boolean,
+    "choice": _check_choice, "label": _check_label, "subdomain": _check_subdomain,
+    "context": _check_context, "path": _check_path, "names": _check_names,
+    "image": _check_image, "repository": _check_repository, "tag": _check_tag,
+    "mirrors": _check_mirrors,
+}
+
+
+def _checked(payload, name):
+    """The payload's value for ``name`` checked by its type, or None when not given."""
+    value = payload.get(name)
+    return None if value is None else _CHECKERS[KEYS_BY_NAME[name].kind](KEYS_BY_NAME[name],
+                                                                          value)
+
+
+# -- rules that join several keys ---------------------------------------------------
+
+def _target_image(payload):
+    """``image``, or ``image_repository`` + ``target_tag`` (which must agree with it)."""
+    if (payload.get("image_repository") is None) != (payload.get("target_tag") is None):
+        raise PayloadError("image_repository and target_tag go together: give both or neither",
+                           hint="or give the whole reference as image")
+    repository, tag = _checked(payload, "image_repository"), _checked(payload, "target_tag")
+    ref = _checked(payload, "image")
+    if repository is not None:
+        combined = repository + ":" + tag
+        try:
+            combined_ref = parse_image(combined)
+        except ValueError as exc:
+            raise PayloadError("image %s is invalid: %s" % (json.dumps(combined), exc))
+        if ref is not None and combined_ref != ref:
+            raise PayloadError("image %s and image_repository:target_tag %s disagree"
+                               % (json.dumps(ref.text), json.dumps(combined)))
+        ref = ref or combined_ref
+    if ref is None:
+        raise PayloadError("image is required", hint='e.g. "image": "ghcr.io/noetl/noetl:v2.35.9"'
+                           ' (or image_repository with target_tag)')
+    if ref.tag is None and ref.digest is None:
+        raise PayloadError("image %s has neither a tag nor a digest" % json.dumps(ref.text),
+                           hint="name the release, e.g. %s:v1.2.3" % ref.text)
+    return ref
+
+
+def _selected_deployments(payload):
+    """``(names, listed)``: the one list key given, else the defaults."""
+    given = [k for k in _LIST_KEYS if payload.get(k) is not None]
+    if len(given) > 1:
+        raise PayloadError("give only one of deployment, deployments and components; got "
+                           + " and ".join(given))
+    if not given:
+        return list(DEFAULT_DEPLOYMENTS), False
+    value = _checked(payload, given[0])
+    return ([value] if given[0] == "deployment" else value), True
 
 
 def parse_payload(payload):
@@ -617,56 +801,29 @@ def parse_payload(payload):
     """
     if not isinstance(payload, dict):
         raise PayloadError("the payload must be a JSON object, got %s" % _describe(payload))
-    for key in payload:
-        if key not in PAYLOAD_KEYS:
-            raise PayloadError("unknown key %s" % json.dumps(key),
-                               hint=_did_you_mean(str(key), PAYLOAD_KEYS))
-    ref = _get_image(payload)
-    deployments, named = _get_deployments(payload)
-    probe = payload.get("probe")
-    if probe is None:
-        probe = "auto"
-    elif probe not in PROBE_MODES:
-        raise PayloadError("probe must be one of auto, always, never; got %s" % _describe(probe),
-                           hint=_did_you_mean(str(probe), PROBE_MODES))
-    s = Settings(
-        image=ref,
-        namespace=_get_k8s_name(payload, "namespace", DEFAULT_NAMESPACE),
-        deployments=deployments,
-        named=named,
-        container=_get_k8s_name(payload, "container", None),
-        probe_attempts=_get_int(payload, "ghcr_probe_attempts", 12, 1, 10000),
-        probe_sleep=_get_number(payload, "ghcr_probe_sleep_seconds", 10, 0, 3600),
-        probe=probe,
-        mirrors=_get_mirrors(payload),
-        rollout_timeout=_get_int(payload, "rollout_timeout_seconds", 300, 1, 86400),
-        dry_run=_get_bool(payload, "dry_run"),
-        expected_context=_get_context(payload, "expected_kube_context"),
-        context=_get_context(payload, "context"),
-        kubeconfig=_get_path(payload, "kubeconfig"),
-        kubectl=_get_path(payload, "kubectl", "kubectl"),
-        pin_digest=_get_bool(payload, "pin_digest"),
-        rollback_on_failure=_get_bool(payload, "rollback_on_failure"),
-        parallel=_get_bool(payload, "parallel"),
-        fail_fast_seconds=_get_number(payload, "fail_fast_seconds", 60, 0, 86400),
-    )
-    if s.pin_digest and ref.digest is None and not will_probe(ref, s.probe):
+    for name in payload:
+        if name not in KEYS_BY_NAME:
+            raise PayloadError("unknown key %s" % json.dumps(name),
+                               hint=_did_you_mean(str(name), list(KEYS_BY_NAME)))
+    ref = _target_image(payload)
+    deployments, listed = _selected_deployments(payload)
+    values = {}
+    for key in PAYLOAD_KEYS:
+        if key.attr is not None:
+            value = _checked(payload, key.name)
+            values[key.attr] = key.default if value is None else value
+    values["mirrors"] = values["mirrors"] or {}
+    settings = Settings(image=ref, deployments=deployments, listed=listed, **values)
+    if settings.pin_digest and ref.digest is None and not will_probe(ref, settings.probe):
         raise PayloadError(
             "pin_digest needs the digest the registry probe sees, but %s is not probed (%s)"
-            % (ref.text, "probe is never" if s.probe == "never" else "a local image"),
+            % (ref.text, "probe is never" if settings.probe == "never" else "a local image"),
             hint='set "probe": "always", or give the image as name:tag@sha256:...')
-    return s
-
-
-def will_probe(ref, mode):
-    """The probe rule: ``never``; ``always``; ``auto`` = external registries only."""
-    if mode == "never":
-        return False
-    return mode == "always" or not is_local_registry(ref)
+    return settings
 
 
 # --------------------------------------------------------------------------
-# Registry probe: pure parts
+# 5. Registry probe: pure parts
 # --------------------------------------------------------------------------
 
 _SCHEME_RE = re.compile(r"\s*,?\s*([A-Za-z][A-Za-z0-9_-]*)\s*")
@@ -708,7 +865,7 @@ def parse_retry_after(value, now=None):
     value = value.strip()
     if re.fullmatch(r"[0-9]+", value):
         return float(value)
-    from email.utils import parsedate_to_datetime
+    from email.utils import parsedate_to_datetime  # HTTP stack: loaded only for a probe
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -718,29 +875,32 @@ def parse_retry_after(value, now=None):
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+@dataclass
 class ProbeResult:
-    """What the probe found: a status, the attempts spent, a digest, an error."""
+    """What the probe of one image found: ``status`` (``available``, ``skipped`` or
+    ``unavailable``), the attempts spent, the digest, and an error
+    (``{"code", "message"}``) when unavailable."""
 
-    def __init__(self, status, attempts=0, digest=None, error=None):
-        self.status = status
-        self.attempts = attempts
-        self.digest = digest
-        self.error = error
+    status: str
+    attempts: int = 0
+    digest: str = None             # or None
+    error: dict = None             # or None
 
     def event(self, image):
+        """The ``probe`` output line for ``image`` (its text)."""
         return {"event": "probe", "image": image, "status": self.status,
                 "attempts": self.attempts, "digest": self.digest, "error": self.error}
 
 
+@dataclass
 class _Outcome:
-    """The verdict on one attempt: available, or a classified failure."""
+    """The verdict on one attempt: available (no ``code``), or a classified failure."""
 
-    def __init__(self, code=None, message=None, retryable=True, digest=None, retry_after=None):
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.digest = digest
-        self.retry_after = retry_after
+    code: str = None
+    message: str = None
+    retryable: bool = True
+    digest: str = None
+    retry_after: float = None
 
     @property
     def ok(self):
@@ -755,10 +915,7 @@ def judge_status(status, headers, reference):
     """
     if 200 <= status < 300:
         digest = (headers.get("Docker-Content-Digest") or "").strip()
-        m = _DIGEST_RE.fullmatch(digest)
-        if not m or len(m.group(2)) != _DIGEST_HEX[m.group(1)]:
-            digest = reference.digest
-        return _Outcome(digest=digest)
+        return _Outcome(digest=digest if is_digest(digest) else reference.digest)
     retry_after = parse_retry_after(headers.get("Retry-After"))
     if status == 404:
         return _Outcome("manifest_unknown", "the registry has no manifest for %s (yet)"
@@ -782,7 +939,7 @@ def judge_status(status, headers, reference):
 
 def classify_transport_error(exc, host, timeout=HTTP_TIMEOUT):
     """Classify a failed request (no HTTP answer): time-out, DNS, TLS, connection."""
-    import socket
+    import socket  # HTTP/TLS stack: loaded only for a probe
     import ssl
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, (socket.timeout, TimeoutError)):
@@ -823,14 +980,20 @@ def _docker_config_keys(host):
     return keys
 
 
-def docker_credentials(host, env):
+def docker_config_path(env):
+    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
+    folder = env.get("DOCKER_CONFIG") or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".docker")
+    return os.path.join(folder, "config.json")
+
+
+def docker_credentials(host, env, log):
     """(user, password) for ``host`` from the Docker config, or None.
 
     Reads ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``; entries with
     ``auth`` (base64 user:password) or ``username``/``password``; keys may be URLs.
-    Credential helpers (``credsStore``) are not run.
+    Credential helpers (``credsStore``) are not run; ``log`` says so.
     """
-    import base64
     path = docker_config_path(env)
     try:
         with open(path, "rb") as fh:
@@ -838,7 +1001,7 @@ def docker_credentials(host, env):
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        _log("cannot read the Docker config %s: %s" % (path, type(exc).__name__))
+        log("cannot read the Docker config %s: %s" % (path, type(exc).__name__))
         return None
     auths = config.get("auths") if isinstance(config, dict) else None
     if not isinstance(auths, dict):
@@ -863,34 +1026,53 @@ def docker_credentials(host, env):
                 return user, password
     helpers = config.get("credHelpers") if isinstance(config.get("credHelpers"), dict) else {}
     if config.get("credsStore") or any(k in helpers for k in _docker_config_keys(host)):
-        _log("the Docker config names a credential helper for %s; bump_image does not run"
-             " helpers (add an auths entry instead)" % host)
+        log("the Docker config names a credential helper for %s; bump_image does not run"
+            " helpers (add an auths entry instead)" % host)
     return None
 
 
-def docker_config_path(env):
-    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
-    folder = env.get("DOCKER_CONFIG") or os.path.join(
-        env.get("HOME") or os.path.expanduser("~"), ".docker")
-    return os.path.join(folder, "config.json")
+def _basic_auth(user, password):
+    raw = ("%s:%s" % (user, password)).encode("utf-8")
+    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 # --------------------------------------------------------------------------
-# Registry probe: the HTTP edge
+# 6. Registry probe: the HTTP edge
 # --------------------------------------------------------------------------
 
-_redirect_class = []      # made once, on first use (urllib is imported only for a probe)
+
+class SocketRegistry:
+    """The sockets each thread's current request connected, so that the request's
+    whole deadline can be enforced (a socket time-out only bounds each read; a
+    server could trickle its answer forever)."""
+
+    def __init__(self):
+        self._by_thread = {}
+        self._lock = threading.Lock()
+
+    def add(self, sock):
+        with self._lock:
+            self._by_thread.setdefault(threading.get_ident(), []).append(sock)
+
+    def start(self):
+        """Forget the calling thread's sockets; returns the list new ones go to."""
+        with self._lock:
+            sockets = self._by_thread[threading.get_ident()] = []
+        return sockets
 
 
+@functools.lru_cache(maxsize=None)
 def _redirect_handler():
-    """A redirect handler that keeps HEAD as HEAD and Authorization on its host."""
-    if _redirect_class:
-        return _redirect_class[0]
+    """The redirect handler class, made once on first use: the HTTP/TLS stack
+    (``urllib.request``, ``http.client``, ``ssl``) is imported only when a probe
+    runs, which keeps ``--help`` and the kubectl-only paths light."""
     import urllib.error
     import urllib.request
-    from urllib.parse import urlsplit
 
     class SafeRedirectHandler(urllib.request.HTTPRedirectHandler):
+        """Keeps HEAD as HEAD and ``Authorization`` on its own origin; refuses
+        https -> http (except to loopback)."""
+
         # Python < 3.11 has no http_error_308; redirect_request below accepts any 3xx
         http_error_308 = urllib.request.HTTPRedirectHandler.http_error_302
 
@@ -914,8 +1096,67 @@ def _redirect_handler():
                 new_req.add_unredirected_header("Authorization", auth)
             return new_req
 
-    _redirect_class.append(SafeRedirectHandler)
     return SafeRedirectHandler
+
+
+@functools.lru_cache(maxsize=None)
+def _proxy_handler():
+    """The proxy handler class (HTTP stack, made on first use): proxies from the
+    given environment; loopback hosts and ``no_proxy`` entries go direct."""
+    import urllib.request
+
+    class EnvProxyHandler(urllib.request.ProxyHandler):
+        def __init__(self, env):
+            super().__init__(proxies_from(env))
+            self.env = env
+
+        def proxy_open(self, req, proxy, type):
+            if bypasses_proxy(urlsplit(req.full_url).hostname, env=self.env):
+                return None
+            return urllib.request.ProxyHandler.proxy_open(self, req, proxy, type)
+
+    return EnvProxyHandler
+
+
+@functools.lru_cache(maxsize=None)
+def _watched_handlers():
+    """The http and https handler classes (HTTP/TLS stack, made on first use) whose
+    connections add their sockets to a ``SocketRegistry``."""
+    import http.client
+    import urllib.request
+
+    def watched(connection):
+        class Watched(connection):
+            def __init__(self, *args, sockets, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.registry = sockets
+
+            def connect(self):
+                connection.connect(self)
+                self.registry.add(self.sock)
+        return Watched
+
+    plain, tls = watched(http.client.HTTPConnection), watched(http.client.HTTPSConnection)
+
+    class WatchedHTTPHandler(urllib.request.HTTPHandler):
+        def __init__(self, sockets):
+            super().__init__()
+            self.sockets = sockets
+
+        def http_open(self, req):
+            return self.do_open(functools.partial(plain, sockets=self.sockets), req)
+
+    class WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+        def __init__(self, sockets, context):
+            super().__init__(context=context)
+            self.sockets = sockets
+            self.ssl_context = context
+
+        def https_open(self, req):
+            return self.do_open(functools.partial(tls, sockets=self.sockets), req,
+                                context=self.ssl_context)
+
+    return WatchedHTTPHandler, WatchedHTTPSHandler
 
 
 def proxies_from(env):
@@ -948,48 +1189,22 @@ def default_opener(ssl_context=None, env=None):
 
     Proxies come from ``http_proxy``/``https_proxy`` of ``env`` (default
     ``os.environ``); loopback hosts and ``no_proxy`` entries are reached directly.
-    The opener's ``sockets`` list collects the sockets it connects, so that a
-    request's whole deadline can be enforced (a socket time-out only bounds each
-    read; a server could trickle its answer forever).
+    The opener's ``sockets`` (a ``SocketRegistry``) collects the sockets each
+    thread's request connects, so that a request's whole deadline can be enforced.
     """
-    import http.client
-    import urllib.request
-    from urllib.parse import urlsplit
+    import urllib.request  # HTTP/TLS stack: loaded only for a probe
     env = os.environ if env is None else env
-    sockets = []
-
-    def watched(cls):
-        class Watched(cls):
-            def connect(self):
-                cls.connect(self)
-                sockets.append(self.sock)
-        return Watched
-
-    class ProxyHandler(urllib.request.ProxyHandler):
-        def proxy_open(self, req, proxy, type):
-            if bypasses_proxy(urlsplit(req.full_url).hostname, env):
-                return None
-            return urllib.request.ProxyHandler.proxy_open(self, req, proxy, type)
-
-    class HTTPHandler(urllib.request.HTTPHandler):
-        def http_open(self, req):
-            return self.do_open(watched(http.client.HTTPConnection), req)
-
-    class HTTPSHandler(urllib.request.HTTPSHandler):
-        def https_open(self, req):
-            return self.do_open(watched(http.client.HTTPSConnection), req,
-                                context=ssl_context)
-
-    opener = urllib.request.build_opener(
-        _redirect_handler()(), ProxyHandler(proxies_from(env)), HTTPHandler(),
-        HTTPSHandler(context=ssl_context))
+    plain, tls = _watched_handlers()
+    sockets = SocketRegistry()
+    opener = urllib.request.build_opener(_redirect_handler()(), _proxy_handler()(env),
+                                         plain(sockets), tls(sockets, ssl_context))
     opener.sockets = sockets
     return opener
 
 
 def _expire(sockets, expired):
     """The request deadline passed: unblock every read on its sockets."""
-    import socket
+    import socket  # HTTP/TLS stack
     expired.append(True)
     for sock in list(sockets):
         try:
@@ -998,13 +1213,11 @@ def _expire(sockets, expired):
             pass
 
 
+@dataclass
 class _Response:
-    __slots__ = ("status", "headers", "body")
-
-    def __init__(self, status, headers, body=b""):
-        self.status = status
-        self.headers = headers
-        self.body = body
+    status: int
+    headers: object
+    body: bytes = b""
 
 
 class _AttemptFailed(Exception):
@@ -1029,6 +1242,19 @@ def _read_bounded(fh, clock, deadline):
     return b"".join(chunks)
 
 
+def _http_url_parts(url):
+    """``urlsplit(url)`` when it is an http(s) URL with a host and a valid port,
+    else None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts
+
+
 class RegistryProbe:
     """Probe one image until its manifest is visible (the contract's probe rules).
 
@@ -1043,16 +1269,18 @@ class RegistryProbe:
     A token serves every attempt until it expires or the registry refuses it.
     """
 
-    def __init__(self, settings, opener, sleeper, clock, env, timeout=HTTP_TIMEOUT):
-        self.s = settings
+    def __init__(self, ref, settings, opener, sleeper, clock, env, log,
+                 timeout=HTTP_TIMEOUT):
+        self.ref = ref
+        self.attempts_allowed = settings.probe_attempts
+        self.sleep_seconds = settings.probe_sleep
         self.timeout = timeout
-        self.ref = settings.image
         self.opener = opener
         self.sleeper = sleeper
         self.clock = clock
         self.env = env
-        self.base = registry_endpoint(self.ref, settings.mirrors)
-        from urllib.parse import urlsplit
+        self.log = log
+        self.base = registry_endpoint(ref, settings.mirrors)
         self.host = urlsplit(self.base).netloc
         self.token = None       # (value, expires_at)
         self._creds = False     # not looked up yet
@@ -1065,22 +1293,22 @@ class RegistryProbe:
 
     def run(self):
         """Probe up to ``ghcr_probe_attempts`` times; return a ``ProbeResult``."""
-        n = self.s.probe_attempts
+        n = self.attempts_allowed
         outcome = None
         for attempt in range(1, n + 1):
             outcome = self.attempt()
             self.attempts = attempt
             if outcome.ok:
-                _log("probe %s: available%s (attempt %d/%d)" % (
+                self.log("probe %s: available%s (attempt %d/%d)" % (
                     self.ref.text, " as " + outcome.digest if outcome.digest else "",
                     attempt, n))
                 return ProbeResult("available", attempt, outcome.digest)
             if not outcome.retryable or attempt == n:
                 break
-            wait = self.s.probe_sleep
+            wait = self.sleep_seconds
             if outcome.retry_after is not None:
                 wait = min(outcome.retry_after, RETRY_AFTER_CAP)
-            _log("probe %s: attempt %d/%d: %s: %s; next in %g s" % (
+            self.log("probe %s: attempt %d/%d: %s: %s; next in %g s" % (
                 self.ref.text, attempt, n, outcome.code, outcome.message, wait))
             if wait > 0:
                 self.sleeper(wait)
@@ -1088,7 +1316,7 @@ class RegistryProbe:
         if not outcome.retryable:
             why = "not retried"
         message = "%s (%s)" % (outcome.message, why)
-        _log("probe %s: %s" % (self.ref.text, message))
+        self.log("probe %s: %s" % (self.ref.text, message))
         return ProbeResult("unavailable", attempt, None, {"code": outcome.code,
                                                           "message": message})
 
@@ -1139,7 +1367,7 @@ class RegistryProbe:
 
     def _credentials(self):
         if self._creds is False:
-            self._creds = docker_credentials(self.host, self.env)
+            self._creds = docker_credentials(self.host, self.env, self.log)
         return self._creds
 
     def _head(self, token, basic=None):
@@ -1152,14 +1380,9 @@ class RegistryProbe:
 
     def _fetch_token(self, params):
         """Exchange a Bearer challenge for a pull token (Docker token protocol)."""
-        from urllib.parse import urlencode, urlsplit
         realm = params.get("realm") or ""
-        try:
-            parts = urlsplit(realm)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            parts = urlsplit("")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = _http_url_parts(realm)
+        if parts is None:
             raise _AttemptFailed(_Outcome("token_failed", "the Bearer challenge of %s has no"
                                           " usable realm: %r" % (self.host, realm[:200])))
         query = {}
@@ -1173,8 +1396,8 @@ class RegistryProbe:
             if parts.scheme == "https" or _is_loopback(parts.hostname):
                 auth = _basic_auth(*creds)
             else:
-                _log("not sending credentials for %s to the plain-http token realm %s"
-                     % (self.host, parts.netloc))
+                self.log("not sending credentials for %s to the plain-http token realm %s"
+                         % (self.host, parts.netloc))
         resp = self._request("GET", url, {"Accept": "application/json"}, auth,
                              read_body=True, host=parts.netloc)
         if resp.status != 200:
@@ -1194,14 +1417,13 @@ class RegistryProbe:
                                           " a token" % parts.netloc))
         lifetime = data.get("expires_in")
         if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) \
-                or not TOKEN_MIN_LIFETIME <= lifetime <= 86400:
+                or not TOKEN_MIN_LIFETIME <= lifetime <= TOKEN_MAX_LIFETIME:
             lifetime = TOKEN_MIN_LIFETIME
         self.token = (token, self.clock() + max(TOKEN_MIN_LIFETIME, lifetime) - 5)
         return token
 
     def _request(self, method, url, headers, auth, read_body=False, host=None):
-        import http.client
-        import threading
+        import http.client  # HTTP/TLS stack: loaded only for a probe
         import urllib.error
         import urllib.request
         host = host or self.host
@@ -1214,10 +1436,9 @@ class RegistryProbe:
         # the whole request's deadline: when it passes, the watchdog shuts the
         # request's sockets down, which ends any read that is still waiting
         expired, watchdog = [], None
-        sockets = getattr(self.opener, "sockets", None)
-        if sockets is not None:
-            del sockets[:]
-            watchdog = threading.Timer(self.timeout, _expire, (sockets, expired))
+        registry = getattr(self.opener, "sockets", None)
+        if registry is not None:
+            watchdog = threading.Timer(self.timeout, _expire, (registry.start(), expired))
             watchdog.daemon = True
             watchdog.start()
         try:
@@ -1261,14 +1482,8 @@ def _close_quietly(resp):
         pass
 
 
-def _basic_auth(user, password):
-    import base64
-    raw = ("%s:%s" % (user, password)).encode("utf-8")
-    return "Basic " + base64.b64encode(raw).decode("ascii")
-
-
 # --------------------------------------------------------------------------
-# Deployments: pure decisions
+# 7. Deployments: pure decisions
 # --------------------------------------------------------------------------
 
 
@@ -1285,13 +1500,25 @@ def _conditions(obj):
             if isinstance(c, dict)}
 
 
+def _generation_observed(obj):
+    """False while the controller has not seen the latest spec."""
+    generation = _meta(obj).get("generation") or 0
+    return ((obj.get("status") or {}).get("observedGeneration") or 0) >= generation
+
+
+def _progress_deadline_exceeded(obj):
+    """The ``Progressing`` condition when its reason is ProgressDeadlineExceeded."""
+    progressing = _conditions(obj).get("Progressing") or {}
+    return progressing if progressing.get("reason") == "ProgressDeadlineExceeded" else None
+
+
+@dataclass
 class Plan:
     """What to do with one Deployment: which containers, and which need the image."""
 
-    def __init__(self, containers, changes, previous_image):
-        self.containers = containers            # [name] checked or updated
-        self.changes = changes                  # [(list key, name)] to set
-        self.previous_image = previous_image
+    containers: list               # [name] checked or updated
+    changes: list                  # [(list key, name)] to set
+    previous_image: str            # the first chosen container's image before the run
 
     @property
     def at_target(self):
@@ -1329,14 +1556,14 @@ def plan_deployment(deployment, target, container=None):
 
 
 def _same_repository(image, target):
-    ref = _loose_image(image) if isinstance(image, str) else None
+    ref = parse_image_or_none(image) if isinstance(image, str) else None
     return ref is not None and ref.name == target.name
 
 
 def _at_target(image, target):
     if not isinstance(image, str):
         return False
-    ref = _loose_image(image)
+    ref = parse_image_or_none(image)
     return target.same_image(ref) if ref is not None else image == target.text
 
 
@@ -1359,11 +1586,9 @@ def rollout_verdict(deployment):
     """
     name = _meta(deployment).get("name", "?")
     spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
-    generation = _meta(deployment).get("generation") or 0
-    if (status.get("observedGeneration") or 0) < generation:
+    if not _generation_observed(deployment):
         return False, "waiting for the rollout of %s to be observed" % name, False
-    progressing = _conditions(deployment).get("Progressing") or {}
-    if progressing.get("reason") == "ProgressDeadlineExceeded":
+    if _progress_deadline_exceeded(deployment):
         return False, 'deployment "%s" exceeded its progress deadline' % name, True
     want = spec.get("replicas", 1)
     updated = status.get("updatedReplicas") or 0
@@ -1376,6 +1601,77 @@ def rollout_verdict(deployment):
     if available < updated:
         return False, "%d of %d updated replicas are available" % (available, updated), False
     return True, 'deployment "%s" successfully rolled out' % name, False
+
+
+@dataclass
+class Decision:
+    """What to do with one Deployment (``decide``'s answer).
+
+    ``action``: ``skip`` (a default that is not there), ``refuse`` (an error with
+    ``code`` and ``message``, nothing sent), ``unchanged``, ``wait`` (at the target,
+    its rollout still running), ``plan`` (dry run: would change) or ``patch``
+    (send ``plan``'s change, then wait for the rollout when ``wait`` is true, else
+    finish as ``code``/``message`` say).  ``log`` is the progress line.
+    """
+
+    action: str
+    code: str = None
+    message: str = None
+    plan: Plan = None
+    wait: bool = False
+    log: str = None
+
+
+def decide(name, deployment, target, container, listed, dry_run, namespace):
+    """What to do with one Deployment (pure): its object as read (None when it is
+    not there), the target ``ImageRef``, the payload's ``container`` (or None),
+    whether it was listed explicitly, and whether this is a dry run.  Raises
+    nothing: every problem is a ``refuse``."""
+    if deployment is None:
+        if listed:
+            return Decision("refuse", "not_found", 'Deployment "%s" not found in namespace'
+                            ' "%s"' % (name, namespace))
+        return Decision("skip", log="%s: not found in namespace %s, skipped (a default)"
+                        % (name, namespace))
+    try:
+        plan = plan_deployment(deployment, target, container)
+    except ContainerNotFound as exc:
+        return Decision("refuse", exc.code, exc.message)
+    spec = deployment.get("spec") or {}
+    paused, replicas = bool(spec.get("paused")), spec.get("replicas", 1)
+    if plan.at_target:
+        done, message, failed = rollout_verdict(deployment)
+        if replicas == 0:
+            return Decision("refuse", "scaled_to_zero", "already at the target, but"
+                            " spec.replicas is 0: no pod runs it", plan)
+        if done:
+            return Decision("unchanged", plan=plan, log="%s: already at %s"
+                            % (name, target.text))
+        if failed:
+            return Decision("refuse", "rollout_failed", "already at the target, but its"
+                            " rollout failed: " + message, plan)
+        if paused:
+            return Decision("refuse", "deployment_paused", "already at the target, but the"
+                            " rollout is paused (kubectl rollout resume deployment/%s)"
+                            % name, plan)
+        if dry_run:
+            return Decision("unchanged", plan=plan, log="%s: at the target, rollout still in"
+                            " progress (%s); dry run, not waiting" % (name, message))
+        return Decision("wait", plan=plan, log="%s: already at the target; its rollout is not"
+                        " complete, waiting (%s)" % (name, message))
+    if paused:
+        return Decision("refuse", "deployment_paused", "the Deployment is paused; not changed"
+                        " (resume it with kubectl rollout resume deployment/%s -n %s and run"
+                        " again)" % (name, namespace), plan)
+    changes = ", ".join("%s=%s" % (n, target.text) for _, n in plan.changes)
+    if dry_run:
+        return Decision("plan", plan=plan, log="%s: would set %s (now %s)"
+                        % (name, changes, plan.previous_image))
+    log = "%s: setting %s (was %s)" % (name, changes, plan.previous_image)
+    if replicas == 0:
+        return Decision("patch", "scaled_to_zero", "template set to %s, but spec.replicas is"
+                        " 0: no pod runs it" % target.text, plan, log=log)
+    return Decision("patch", plan=plan, wait=True, log=log)
 
 
 def _owned_by(obj, owner):
@@ -1414,20 +1710,20 @@ def diagnose(deployment, replicasets, pods):
     """Problems that stop a rollout now (pure): ``[(key, message, immediate)]``.
 
     A container of the new ReplicaSet's pods waiting in a reason such as
-    ImagePullBackOff or CrashLoopBackOff, a ``ReplicaFailure`` condition (both must
-    persist for ``fail_fast_seconds``) or ``ProgressDeadlineExceeded`` (at once).
+    ImagePullBackOff or CrashLoopBackOff, or a ``ReplicaFailure`` condition: the
+    caller stops the wait once such a problem has lasted ``fail_fast_seconds``
+    (``immediate`` False).  ``ProgressDeadlineExceeded`` stops it at once
+    (``immediate`` True).  ``key`` identifies a problem across reads.
     """
     name = _meta(deployment).get("name", "?")
-    generation = _meta(deployment).get("generation") or 0
-    if ((deployment.get("status") or {}).get("observedGeneration") or 0) < generation:
+    if not _generation_observed(deployment):
         return []
     problems = []
-    conditions = _conditions(deployment)
-    progressing = conditions.get("Progressing") or {}
-    if progressing.get("reason") == "ProgressDeadlineExceeded":
+    progressing = _progress_deadline_exceeded(deployment)
+    if progressing:
         problems.append(((name, "deadline"), "ProgressDeadlineExceeded: %s" % (
             progressing.get("message") or "the progress deadline passed"), True))
-    failure = conditions.get("ReplicaFailure") or {}
+    failure = _conditions(deployment).get("ReplicaFailure") or {}
     if failure.get("status") == "True":
         problems.append(((name, "replica-failure"), "ReplicaFailure: %s: %s" % (
             failure.get("reason") or "FailedCreate", failure.get("message") or ""), False))
@@ -1472,7 +1768,7 @@ def verify_pods(deployment, replicasets, pods, containers, target, digest):
             image, image_id = cs.get("image") or "", cs.get("imageID") or ""
             if "running" not in state and (state.get("terminated") or {}).get("exitCode") != 0:
                 return False, "pod %s container %s is not running" % (pod_name, cname)
-            ref = _loose_image(image)
+            ref = parse_image_or_none(image)
             if ref is not None and ref.name != target.name:
                 return False, "pod %s container %s runs %s, not %s" % (
                     pod_name, cname, image, target.text)
@@ -1489,20 +1785,18 @@ def verify_pods(deployment, replicasets, pods, containers, target, digest):
 
 
 # --------------------------------------------------------------------------
-# kubectl: the subprocess edge
+# 8. kubectl: the subprocess edge
 # --------------------------------------------------------------------------
 
 
+@dataclass
 class Completed:
     """The result of one command: exit status, decoded output, whether it timed out."""
 
-    __slots__ = ("returncode", "stdout", "stderr", "timed_out")
-
-    def __init__(self, returncode, stdout="", stderr="", timed_out=False):
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-        self.timed_out = timed_out
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
 
 
 class ProcessRunner:
@@ -1514,18 +1808,15 @@ class ProcessRunner:
     """
 
     def __init__(self):
-        import threading
         self._lock = threading.RLock()
         self._live = {}
 
     @staticmethod
     def resolve(binary, env):
         """The executable's path, or None when it is not there or not executable."""
-        import shutil
         return shutil.which(binary, path=(env or os.environ).get("PATH", os.defpath))
 
     def __call__(self, argv, timeout, env=None, tag=None):
-        import subprocess
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env, start_new_session=True)
         with self._lock:
@@ -1563,7 +1854,6 @@ def _kill_group(proc):
     process that is not such a group leader (or a fake one in tests) gets only
     ``proc.kill()``.
     """
-    import signal
     try:
         if proc.poll() is None and os.getpgid(proc.pid) == proc.pid:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -1646,45 +1936,60 @@ def _items(data):
 
 
 # --------------------------------------------------------------------------
-# The engine: preflight -> probe -> read -> apply -> wait -> verify -> report
+# 9. The engine: preflight -> probe -> read -> apply -> wait -> verify -> report
 # --------------------------------------------------------------------------
 
-_logger = None
+
+def _silent(message):
+    """The default progress sink of library use: nothing is printed."""
 
 
-def _log(message):
-    global _logger
-    if _logger is None:
-        import logging
-        _logger = logging.getLogger("bump_image")
-    _logger.info(message)
+class StderrProgress:
+    """Progress lines on a stream (stderr): ``bump_image: message``; threads may
+    write at once, a line is never torn."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def __call__(self, message):
+        with self._lock:
+            try:
+                self.stream.write("bump_image: %s\n" % message)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
 
 
+@dataclass
 class Component:
-    """The result for one Deployment: its JSON line, plus bookkeeping."""
+    """The result for one Deployment: its ``component`` output line (``event()``),
+    plus what the run needs to finish it."""
 
-    def __init__(self, name, namespace, image, digest, started):
-        self.name = name
-        self.namespace = namespace
-        self.image = image
-        self.digest = digest
-        self.started = started
-        self.status = None
-        self.previous_image = None
-        self.containers = []
-        self.duration = None
-        self.error = None
-        self.verified = None
-        self.rolled_back = False
-        self.restored_image = None
-        self.revision = None
-        self.verify = False          # waited for a rollout: check its pods
+    name: str
+    namespace: str
+    image: str                     # the target as set (pinned with pin_digest)
+    digest: str                    # what the probe saw, or None
+    started: float                 # clock() when its work began
+    status: str = None             # None until finished
+    previous_image: str = None
+    containers: list = field(default_factory=list)
+    duration: float = None
+    error: dict = None
+    verified: bool = None          # True/False once its pods were checked, else None
+    rolled_back: bool = False
+    restored_image: str = None
+    revision: str = None           # the Deployment's revision before the change
+    rolled_out: bool = False       # a rollout was waited for: check its pods
 
-    def finish(self, status, clock, code=None, message=None):
+    def finish(self, status, clock):
         self.status = status
-        if code:
-            self.error = {"code": code, "message": message}
         self.duration = round(clock() - self.started, 3)
+
+    def fail(self, code, message, clock):
+        """Finish as ``error`` with ``code`` and ``message``."""
+        self.error = {"code": code, "message": message}
+        self.finish("error", clock)
 
     def event(self):
         return {"event": "component", "component": self.name, "namespace": self.namespace,
@@ -1695,31 +2000,36 @@ class Component:
                 "rolled_back": self.rolled_back, "restored_image": self.restored_image}
 
 
+@dataclass
 class _Wait:
     """One rollout being waited for."""
 
-    def __init__(self, comp, deadline, timeout, kind):
-        self.comp = comp
-        self.deadline = deadline
-        self.timeout = timeout
-        self.kind = kind            # "change", "existing" or "rollback"
-        self.tag = "%s:%s" % (comp.name, kind)
-        self.outcome = None         # None ok, or (code, message)
-        self.failfast = None        # set by the fail-fast check before it stops the wait
-        self.failed = None          # for a rollback: the failure that caused it
-        self.finished = False       # set by the waiting thread when the outcome is known
+    comp: Component
+    deadline: float                # clock() value
+    timeout: float                 # seconds, as the payload gave them
+    purpose: str                   # "change", "existing" or "rollback"
+    outcome: tuple = None          # None ok, or (code, message)
+    failfast: str = None           # set by the fail-fast check before it stops the wait
+    failed: tuple = None           # for a rollback: the failure that caused it
+    finished: bool = False         # set by the waiting thread when the outcome is known
+
+    @property
+    def tag(self):
+        return "%s:%s" % (self.comp.name, self.purpose)
 
 
+@dataclass
 class Result:
-    """Everything one run produced: the probe, each component, the summary."""
+    """Everything one run produced: the ``probe`` (``ProbeResult``), each
+    ``Component``, the exit code, the signal that interrupted it (or None) and the
+    duration in seconds."""
 
-    def __init__(self, image, probe, components, exit_code, interrupted=None, duration=0.0):
-        self.image = image
-        self.probe = probe
-        self.components = components
-        self.exit_code = exit_code
-        self.interrupted = interrupted
-        self.duration = duration
+    image: str
+    probe: ProbeResult
+    components: list
+    exit_code: int
+    interrupted: int = None
+    duration: float = 0.0
 
     def summary(self):
         counts = dict.fromkeys(("changed", "unchanged", "skipped", "planned", "error"), 0)
@@ -1744,8 +2054,8 @@ class Engine:
     """One run of the tool with its effects injected; see ``bump``."""
 
     def __init__(self, settings, runner=None, opener=None, sleeper=None, clock=None,
-                 env=None, on_event=None, http_timeout=HTTP_TIMEOUT):
-        self.s = settings
+                 env=None, on_event=None, progress=None, http_timeout=HTTP_TIMEOUT):
+        self.settings = settings
         self.http_timeout = http_timeout
         self.runner = runner if runner is not None else ProcessRunner()
         self.opener = opener
@@ -1753,7 +2063,9 @@ class Engine:
         self.clock = clock if clock is not None else time.monotonic
         self.env = dict(os.environ if env is None else env)
         self.on_event = on_event if on_event is not None else (lambda event: None)
+        self.log = progress if progress is not None else _silent
         self.kubectl = Kubectl(settings, self.runner, self.env)
+        self.prober = None
         self.probe_result = None
         self.components = []
         self.interrupted = None
@@ -1768,16 +2080,16 @@ class Engine:
         try:
             self.preflight()
             self.probe_result = self.probe()
-            self.on_event(self.probe_result.event(self.s.image.text))
+            self.on_event(self.probe_result.event(self.settings.image.text))
             if self.probe_result.status != "unavailable":
-                self.apply(self.read())
+                self.apply()
         except (Interrupted, KeyboardInterrupt) as exc:
             self.interrupted = getattr(exc, "signum", 2)
             self.kubectl.kill()
             for thread in self._threads:
                 thread.join(1.0)
             self.finish_interrupted()
-        result = Result(self.s.image.text, self.probe_result, self.components,
+        result = Result(self.settings.image.text, self.probe_result, self.components,
                         self.exit_code(), self.interrupted, self.clock() - started)
         for comp in result.components:
             self.on_event(comp.event())
@@ -1794,43 +2106,48 @@ class Engine:
     def finish_interrupted(self):
         message = "interrupted by %s" % ("SIGTERM" if self.interrupted == 15 else "SIGINT")
         if self.probe_result is None:
-            attempts = getattr(getattr(self, "prober", None), "attempts", 0)
+            attempts = self.prober.attempts if self.prober is not None else 0
             self.probe_result = ProbeResult("unavailable", attempts, None,
                                             {"code": "interrupted", "message": message})
-            self.on_event(self.probe_result.event(self.s.image.text))
+            self.on_event(self.probe_result.event(self.settings.image.text))
             return
         if self.probe_result.status == "unavailable":
             return
         started = {c.name: c for c in self.components}
         self.components = []
-        for name in self.s.deployments:
+        for name in self.settings.deployments:
             comp = started.get(name)
             if comp is None:
-                comp = Component(name, self.s.namespace, self._target_image(),
-                                 self.probe_result.digest, self.clock())
-                comp.finish("error", self.clock, "interrupted", message + " before this"
-                            " Deployment was checked or changed")
+                comp = self.new_component(name)
+                comp.fail("interrupted", message + " before this Deployment was checked or"
+                          " changed", self.clock)
             elif comp.status is None:
-                comp.finish("error", self.clock, "interrupted", message + " before this"
-                            " Deployment finished (its change may have been applied)")
+                comp.fail("interrupted", message + " before this Deployment finished (its"
+                          " change may have been applied)", self.clock)
             self.components.append(comp)
+
+    def new_component(self, name):
+        return Component(name, self.settings.namespace, self._target_image(),
+                         self.probe_result.digest, self.clock())
 
     # -- preflight ---------------------------------------------------------
 
     def preflight(self):
         """kubectl must exist; the context guard must pass (exit 4 otherwise)."""
         resolve = getattr(self.runner, "resolve", None)
-        if resolve is not None and resolve(self.s.kubectl, self.env) is None:
+        settings = self.settings
+        if resolve is not None and resolve(settings.kubectl, self.env) is None:
             raise EnvironmentProblem(
-                "kubectl not found or not executable: %s" % self.s.kubectl, "kubectl_missing",
+                "kubectl not found or not executable: %s" % settings.kubectl,
+                "kubectl_missing",
                 hint='install kubectl or give its path as "kubectl" in the payload')
-        expected = self.s.expected_context
+        expected = settings.expected_context
         if not expected:
             return
         if self.env.get("KUBERNETES_SERVICE_HOST"):
-            _log("in-cluster (KUBERNETES_SERVICE_HOST is set): context guard skipped")
+            self.log("in-cluster (KUBERNETES_SERVICE_HOST is set): context guard skipped")
             return
-        actual = self.s.context
+        actual = settings.context
         if actual is None:
             try:
                 done = self.kubectl.call(["config", "current-context"], request_timeout=False)
@@ -1849,135 +2166,102 @@ class Engine:
     # -- probe -------------------------------------------------------------
 
     def probe(self):
-        ref = self.s.image
-        if not will_probe(ref, self.s.probe):
-            why = "probe is never" if self.s.probe == "never" else "no external registry host"
-            _log("probe %s: skipped (%s)" % (ref.text, why))
+        settings, ref = self.settings, self.settings.image
+        if not will_probe(ref, settings.probe):
+            why = "probe is never" if settings.probe == "never" else "no external registry host"
+            self.log("probe %s: skipped (%s)" % (ref.text, why))
             return ProbeResult("skipped", 0, ref.digest)
         opener = self.opener if self.opener is not None else default_opener(env=self.env)
-        self.prober = RegistryProbe(self.s, opener, self.sleeper, self.clock, self.env,
-                                    self.http_timeout)
+        self.prober = RegistryProbe(ref, settings, opener, self.sleeper, self.clock, self.env,
+                                    self.log, self.http_timeout)
         return self.prober.run()
 
     def _target_image(self):
         digest = self.probe_result.digest if self.probe_result else None
-        if self.s.pin_digest and digest:
-            return self.s.image.pinned(digest)
-        return self.s.image.text
+        if self.settings.pin_digest and digest:
+            return self.settings.image.pinned(digest)
+        return self.settings.image.text
 
     # -- read ----------------------------------------------------------------
 
     def read(self):
-        """All selected Deployments with one kubectl process: {name: object},
-        or a KubectlFailed that every component then reports."""
-        try:
-            data = self.kubectl.json(["get", "deployments"] + list(self.s.deployments)
-                                     + [self.kubectl.ns, "--ignore-not-found"],
-                                     "get deployments")
-        except KubectlFailed as exc:
-            return exc
-        return {_meta(d).get("name"): d for d in _items(data) if d.get("kind") in
-                (None, "Deployment")}
+        """All selected Deployments with one kubectl process: ``{name: object}``;
+        raises ``KubectlFailed`` (which every component then reports)."""
+        data = self.kubectl.json(["get", "deployments"] + list(self.settings.deployments)
+                                 + [self.kubectl.ns, "--ignore-not-found"], "get deployments")
+        return {_meta(d).get("name"): d for d in _items(data)
+                if d.get("kind") in (None, "Deployment")}
 
     # -- apply ---------------------------------------------------------------
 
-    def apply(self, found):
+    def apply(self):
         # with pin_digest the comparison target is the pinned reference, so a rerun
         # finds repo:tag@digest already in place
         self.target = parse_image(self._target_image())
+        try:
+            objects, failure = self.read(), None
+        except KubectlFailed as exc:
+            objects, failure = {}, exc
         waits = []
-        for name in self.s.deployments:
-            comp = Component(name, self.s.namespace, self._target_image(),
-                             self.probe_result.digest, self.clock())
+        for name in self.settings.deployments:
+            comp = self.new_component(name)
             self.components.append(comp)
-            wait = self.prepare(comp, found)
+            if failure is not None:
+                comp.fail("kubectl_failed", failure.message, self.clock)
+                continue
+            wait = self.carry_out(comp, objects.get(name))
             if wait is not None:
                 waits.append(wait)
-            if waits and not self.s.parallel:
+            if waits and not self.settings.parallel:
                 self.settle(waits)
                 waits = []
         if waits:
             self.settle(waits)
-        self.verify()
+        self.check_pods()
 
-    def prepare(self, comp, found):
-        """Decide for one Deployment and apply its change; a ``_Wait`` when its
-        rollout must be waited for, else the component is finished."""
-        s, name = self.s, comp.name
-        if isinstance(found, KubectlFailed):
-            comp.finish("error", self.clock, "kubectl_failed", found.message)
-            return None
-        dep = found.get(name)
-        if dep is None:
-            if s.named:
-                comp.finish("error", self.clock, "not_found", 'Deployment "%s" not found in'
-                            ' namespace "%s"' % (name, s.namespace))
-            else:
-                _log("%s: not found in namespace %s, skipped (a default)" % (name, s.namespace))
-                comp.finish("skipped", self.clock)
-            return None
-        try:
-            plan = plan_deployment(dep, self.target, s.container)
-        except ContainerNotFound as exc:
-            comp.finish("error", self.clock, exc.code, exc.message)
-            return None
-        comp.containers, comp.previous_image = plan.containers, plan.previous_image
-        comp.revision = _annotations(dep).get(REVISION)
-        spec = dep.get("spec") or {}
-        paused, replicas = bool(spec.get("paused")), spec.get("replicas", 1)
-        if plan.at_target:
-            done, message, failed = rollout_verdict(dep)
-            if replicas == 0:
-                comp.finish("error", self.clock, "scaled_to_zero", "already at the target, but"
-                            " spec.replicas is 0: no pod runs it")
-            elif done:
-                _log("%s: already at %s" % (name, comp.image))
-                comp.finish("unchanged", self.clock)
-            elif failed:
-                comp.finish("error", self.clock, "rollout_failed", "already at the target, but"
-                            " its rollout failed: " + message)
-            elif paused:
-                comp.finish("error", self.clock, "deployment_paused", "already at the target,"
-                            " but the rollout is paused (kubectl rollout resume deployment/%s)"
-                            % name)
-            elif s.dry_run:
-                _log("%s: at the target, rollout still in progress (%s); dry run, not waiting"
-                     % (name, message))
-                comp.finish("unchanged", self.clock)
-            else:
-                _log("%s: already at the target; its rollout is not complete, waiting (%s)"
-                     % (name, message))
-                return self._wait_for(comp, "existing")
-            return None
-        if paused:
-            comp.finish("error", self.clock, "deployment_paused", "the Deployment is paused;"
-                        " not changed (resume it with kubectl rollout resume deployment/%s -n %s"
-                        " and run again)" % (name, s.namespace))
-            return None
-        changes = ", ".join("%s=%s" % (n, comp.image) for _, n in plan.changes)
-        if s.dry_run:
-            _log("%s: would set %s (now %s)" % (name, changes, plan.previous_image))
+    def carry_out(self, comp, deployment):
+        """Decide for one Deployment and carry the decision out; returns a ``_Wait``
+        when its rollout must be waited for, else the component is finished."""
+        settings = self.settings
+        decision = decide(comp.name, deployment, self.target, settings.container,
+                          settings.listed, settings.dry_run, settings.namespace)
+        if decision.log:
+            self.log(decision.log)
+        if decision.plan is not None:
+            comp.containers = decision.plan.containers
+            comp.previous_image = decision.plan.previous_image
+            comp.revision = _annotations(deployment).get(REVISION)
+        if decision.action == "refuse":
+            comp.fail(decision.code, decision.message, self.clock)
+        elif decision.action in ("skip", "unchanged"):
+            comp.finish(decision.action if decision.action == "unchanged" else "skipped",
+                        self.clock)
+        elif decision.action == "plan":
             comp.finish("planned", self.clock)
-            return None
-        _log("%s: setting %s (was %s)" % (name, changes, plan.previous_image))
-        patch = build_patch(plan, comp.image, self.cause)
+        elif decision.action == "wait":
+            return self._wait_for(comp, "existing")
+        else:
+            return self.patch(comp, decision)
+        return None
+
+    def patch(self, comp, decision):
+        patch = build_patch(decision.plan, comp.image, self.cause)
         try:
-            self.kubectl.checked(["patch", "deployment", name, self.kubectl.ns,
+            self.kubectl.checked(["patch", "deployment", comp.name, self.kubectl.ns,
                                   "--type=strategic", "--field-manager=" + FIELD_MANAGER,
                                   "--patch=" + json.dumps(patch, separators=(",", ":"))],
                                  "patch")
         except KubectlFailed as exc:
-            comp.finish("error", self.clock, "kubectl_failed", exc.message)
+            comp.fail("kubectl_failed", exc.message, self.clock)
             return None
-        if replicas == 0:
-            comp.finish("error", self.clock, "scaled_to_zero", "template set to %s, but"
-                        " spec.replicas is 0: no pod runs it" % comp.image)
+        if not decision.wait:
+            comp.fail(decision.code, decision.message, self.clock)
             return None
         return self._wait_for(comp, "change")
 
-    def _wait_for(self, comp, kind, timeout=None):
-        timeout = timeout or self.s.rollout_timeout
-        return _Wait(comp, self.clock() + timeout, timeout, kind)
+    def _wait_for(self, comp, purpose, timeout=None):
+        timeout = timeout or self.settings.rollout_timeout
+        return _Wait(comp, self.clock() + timeout, timeout, purpose)
 
     def settle(self, waits):
         """Wait for rollouts, finish their components, roll back failures."""
@@ -1986,19 +2270,19 @@ class Engine:
         for w in waits:
             comp = w.comp
             if w.outcome is None:
-                comp.verify = True
-                _log("%s: rolled out" % comp.name)
-                comp.finish("changed" if w.kind == "change" else "unchanged", self.clock)
+                comp.rolled_out = True
+                self.log("%s: rolled out" % comp.name)
+                comp.finish("changed" if w.purpose == "change" else "unchanged", self.clock)
                 continue
             code, message = w.outcome
-            _log("%s: %s: %s" % (comp.name, code, message))
-            if w.kind == "change" and self.s.rollback_on_failure and code in (
+            self.log("%s: %s: %s" % (comp.name, code, message))
+            if w.purpose == "change" and self.settings.rollback_on_failure and code in (
                     "rollout_failed", "rollout_timeout"):
                 rollback = self.rollback(w)
                 if rollback is not None:
                     rollbacks.append(rollback)
                     continue
-            comp.finish("error", self.clock, code, message)
+            comp.fail(code, message, self.clock)
         if rollbacks:
             self.wait(rollbacks)
             for w in rollbacks:
@@ -2011,15 +2295,14 @@ class Engine:
         args = ["rollout", "undo", "deployment/" + comp.name, self.kubectl.ns]
         if comp.revision:
             args.append("--to-revision=" + comp.revision)
-        _log("%s: rolling back to revision %s (%s)" % (comp.name, comp.revision or "previous",
-                                                       comp.previous_image))
+        self.log("%s: rolling back to revision %s (%s)" % (
+            comp.name, comp.revision or "previous", comp.previous_image))
         try:
             self.kubectl.checked(args, "rollout undo")
         except KubectlFailed as exc:
-            comp.finish("error", self.clock, code, "%s; rollback failed: %s"
-                        % (message, exc.message))
+            comp.fail(code, "%s; rollback failed: %s" % (message, exc.message), self.clock)
             return None
-        timeout = min(self.s.rollout_timeout, ROLLBACK_TIMEOUT_CAP)
+        timeout = min(self.settings.rollout_timeout, ROLLBACK_TIMEOUT_CAP)
         rollback = self._wait_for(comp, "rollback", timeout)
         rollback.failed = (code, message)
         return rollback
@@ -2030,12 +2313,12 @@ class Engine:
         if w.outcome is None:
             comp.rolled_back = True
             comp.restored_image = comp.previous_image
-            _log("%s: rolled back to %s" % (comp.name, comp.previous_image))
-            comp.finish("error", self.clock, code, "%s; rolled back to revision %s (%s)"
-                        % (message, comp.revision or "previous", comp.previous_image))
+            self.log("%s: rolled back to %s" % (comp.name, comp.previous_image))
+            comp.fail(code, "%s; rolled back to revision %s (%s)"
+                      % (message, comp.revision or "previous", comp.previous_image), self.clock)
         else:
-            comp.finish("error", self.clock, code, "%s; rollback did not complete: %s"
-                        % (message, w.outcome[1]))
+            comp.fail(code, "%s; rollback did not complete: %s" % (message, w.outcome[1]),
+                      self.clock)
 
     # -- waiting -------------------------------------------------------------
 
@@ -2050,7 +2333,6 @@ class Engine:
         problem that lasted that long (or a passed progress deadline) stops its wait.
         A rollout that completes within a second costs no read at all.
         """
-        import threading
         done = threading.Event()
 
         def worker(w):
@@ -2067,12 +2349,12 @@ class Engine:
 
         threads = []
         for w in waits:
-            _log("%s: waiting for the rollout (up to %d s)" % (w.comp.name, w.timeout))
+            self.log("%s: waiting for the rollout (up to %d s)" % (w.comp.name, w.timeout))
             thread = threading.Thread(target=worker, args=(w,), daemon=True)
             thread.start()
             threads.append(thread)
         self._threads = threads
-        interval = min(5.0, max(1.0, self.s.fail_fast_seconds / 6.0))
+        interval = min(5.0, max(1.0, self.settings.fail_fast_seconds / 6.0))
         next_poll = self.clock() + 1.0
         first_seen = {}
         polls, polling = 0, True
@@ -2094,10 +2376,10 @@ class Engine:
         enough.  Returns ``(readable, due)``: False when the read is not possible
         (then only the rollouts' own waits remain), and when the earliest problem
         still short of ``fail_fast_seconds`` will reach it (None: no such problem)."""
-        facts = self.facts()
-        if facts is None:
+        cluster = self.read_rollout_state()
+        if cluster is None:
             return False, None
-        deployments, replicasets, pods = facts
+        deployments, replicasets, pods = cluster
         now, due = self.clock(), None
         for w in pending:
             dep = deployments.get(w.comp.name)
@@ -2105,22 +2387,23 @@ class Engine:
                 continue
             for key, message, immediate in diagnose(dep, replicasets, pods):
                 since = first_seen.setdefault(key, now)
-                if immediate or now - since >= self.s.fail_fast_seconds:
+                if immediate or now - since >= self.settings.fail_fast_seconds:
                     w.failfast = message
-                    _log("%s: %s, stopping the wait" % (w.comp.name, message))
+                    self.log("%s: %s, stopping the wait" % (w.comp.name, message))
                     self.kubectl.kill(w.tag)
                     break
-                when = since + self.s.fail_fast_seconds
+                when = since + self.settings.fail_fast_seconds
                 due = when if due is None else min(due, when)
         return True, due
 
-    def facts(self):
-        """Deployments (by name), ReplicaSets and Pods of the namespace, or None."""
+    def read_rollout_state(self):
+        """The namespace's Deployments (by name), ReplicaSets and Pods, for
+        diagnosis and verification; None when they cannot be read."""
         try:
             data = self.kubectl.json(["get", "deployments,replicasets,pods", self.kubectl.ns],
                                      "get deployments,replicasets,pods")
         except KubectlFailed as exc:
-            _log("cannot read pods for diagnostics and verification: %s" % exc.message)
+            self.log("cannot read pods for diagnostics and verification: %s" % exc.message)
             return None
         items = _items(data)
         deployments = {_meta(i).get("name"): i for i in items if i.get("kind") == "Deployment"}
@@ -2156,47 +2439,47 @@ class Engine:
 
     # -- verify --------------------------------------------------------------
 
-    def verify(self):
-        """Check the pods of every rolled-out Deployment with one read."""
-        todo = [c for c in self.components if c.verify]
+    def check_pods(self):
+        """Verify the pods of every rolled-out Deployment with one read."""
+        todo = [c for c in self.components if c.rolled_out]
         if not todo:
             return
-        facts = self.facts()
-        if facts is None:
+        cluster = self.read_rollout_state()
+        if cluster is None:
             return
-        deployments, replicasets, pods = facts
-        target = self.target
+        deployments, replicasets, pods = cluster
         for comp in todo:
             dep = deployments.get(comp.name)
             if dep is None:
                 comp.verified = False
-                _log("%s: verification: the Deployment is gone" % comp.name)
+                self.log("%s: verification: the Deployment is gone" % comp.name)
                 continue
             comp.verified, reason = verify_pods(dep, replicasets, pods, comp.containers,
-                                                target, self.probe_result.digest)
-            _log("%s: verification: %s" % (comp.name, reason))
+                                                self.target, self.probe_result.digest)
+            self.log("%s: verification: %s" % (comp.name, reason))
 
 
 def bump(payload, *, runner=None, opener=None, sleeper=None, clock=None, env=None,
-         on_event=None, http_timeout=HTTP_TIMEOUT):
+         on_event=None, progress=None, http_timeout=HTTP_TIMEOUT):
     """Run the tool on ``payload`` (a dict) and return a ``Result``.
 
     Raises ``PayloadError`` for an invalid payload and ``EnvironmentProblem`` when
     kubectl is missing or the context guard refuses; nothing is changed then.
     ``runner``: runs kubectl (default ``ProcessRunner()``); ``opener``: urllib-style
     opener for the probe (default ``default_opener()``); ``sleeper(seconds)``,
-    ``clock()`` (monotonic seconds), ``env`` (default ``os.environ``) and
-    ``on_event(dict)`` (each output line as it is ready); ``http_timeout`` (seconds per
-    registry request).
+    ``clock()`` (monotonic seconds), ``env`` (default ``os.environ``),
+    ``on_event(dict)`` (each output line as it is ready), ``progress(str)`` (each
+    progress line; default: silent) and ``http_timeout`` (seconds per registry
+    request).  No signal handler is installed.
     """
     settings = parse_payload(payload)
     engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper, clock=clock,
-                    env=env, on_event=on_event, http_timeout=http_timeout)
+                    env=env, on_event=on_event, progress=progress, http_timeout=http_timeout)
     return engine.run()
 
 
 # --------------------------------------------------------------------------
-# Reporting and the command line
+# 10. Reporting and the command line
 # --------------------------------------------------------------------------
 
 
@@ -2225,31 +2508,65 @@ def render_text(events):
     return "".join("%s  %s  %s\n" % (a.ljust(w0), b.ljust(w1), c) for a, b, c in rows)
 
 
-def _argument_parser(out):
-    import argparse
+def payload_help():
+    """Every payload key with its type, default and meaning, for ``--help``."""
+    lines = ["payload keys (a JSON object; a key whose value is null takes its default):"]
+    for key in PAYLOAD_KEYS:
+        if key.alias_of:
+            continue
+        aliases = "".join(" (alias %s)" % k.name for k in PAYLOAD_KEYS if k.alias_of == key.name)
+        default = key.default_text().replace("—", "none")
+        lines.append(_plain("  %s%s: %s, default %s" % (key.name, aliases, key.type_text(),
+                                                       default)))
+        lines.append(textwrap.fill(_plain(key.meaning), 79, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6))
+    return "\n".join(lines)
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UsageError(message, hint="see %s --help" % self.prog)
 
-        def exit(self, status=0, message=None):
-            if message:
-                raise UsageError(message.strip())
-            raise _Exit(status)
+def _plain(markdown):
+    """README's markdown as plain text: no backticks, links as their text."""
+    return re.sub(r"\[([^]]*)\]\(#[^)]*\)", r"\1", markdown).replace("`", "")
 
-        def _print_message(self, message, file=None):
-            if message:
-                out.write(message)
 
-    parser = Parser(
-        prog="bump_image",
+class _Exit(Exception):
+    """argparse wants to end the process (after ``--help``)."""
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ``UsageError`` instead of exiting, and writes to ``out``."""
+
+    def __init__(self, out, **kwargs):
+        super().__init__(**kwargs)
+        self.out = out
+
+    def error(self, message):
+        raise UsageError(message, hint="see %s --help" % self.prog)
+
+    def exit(self, status=0, message=None):
+        if message:
+            raise UsageError(message.strip())
+        raise _Exit(status)
+
+    def _print_message(self, message, file=None):
+        if message:
+            self.out.write(message)
+
+
+def argument_parser(out):
+    """The command line's parser; help and errors go to ``out``."""
+    parser = ArgumentParser(
+        out, prog="bump_image", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Move Kubernetes Deployments (default: %s in namespace %s) to one"
                     " container image: probe the registry, set the image where needed,"
                     " wait for the rollouts, report JSON lines." % (
                         ", ".join(DEFAULT_DEPLOYMENTS), DEFAULT_NAMESPACE),
-        epilog="Exit codes: 0 ok, 1 a component failed, 2 bad input, 3 image unavailable,"
-               " 4 kubectl missing or wrong context, 130/143 interrupted.  Payload keys:"
-               " see README.md.")
+        epilog=payload_help() + "\n\nExit codes: 0 ok, 1 a component failed, 2 bad input,"
+               " 3 image unavailable,\n4 kubectl missing or wrong context, 130/143"
+               " interrupted.")
     parser.add_argument("--payload", metavar="JSON|@FILE|-",
                         help="the payload: a JSON object, @file to read one, - for stdin")
     parser.add_argument("--image", help="target image (overrides the payload)")
@@ -2260,14 +2577,8 @@ def _argument_parser(out):
                         help="probe and read, report what would change, change nothing")
     parser.add_argument("--format", choices=("jsonl", "text"), default="jsonl",
                         help="stdout format (default: jsonl)")
-    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser
-
-
-class _Exit(Exception):
-    def __init__(self, status):
-        super().__init__(status)
-        self.status = status
 
 
 def _reject_duplicates(pairs):
@@ -2338,7 +2649,7 @@ def payload_from_args(args, stdin):
     if args.namespace is not None:
         payload["namespace"] = args.namespace
     if args.deployment:
-        for key in ("deployment", "deployments", "components"):
+        for key in _LIST_KEYS:
             payload.pop(key, None)
         payload["deployments"] = args.deployment
     if args.dry_run:
@@ -2346,41 +2657,10 @@ def payload_from_args(args, stdin):
     return payload
 
 
-class _StderrHandler:
-    """Progress lines on stderr: ``bump_image: message``."""
-
-    def __init__(self, stream):
-        import logging
-
-        class Handler(logging.Handler):
-            def emit(self, record):
-                try:
-                    stream.write("bump_image: %s\n" % record.getMessage())
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-
-        self.logger = logging.getLogger("bump_image")
-        self.handler = Handler()
-        self.level = self.logger.level
-
-    def __enter__(self):
-        import logging
-        self.logger.addHandler(self.handler)
-        self.logger.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.level)
-
-
 class _Signals:
     """SIGINT and SIGTERM raise ``Interrupted`` once (main thread only)."""
 
     def __enter__(self):
-        import signal
-        import threading
         self.saved = {}
         if threading.current_thread() is not threading.main_thread():
             return self
@@ -2396,49 +2676,8 @@ class _Signals:
         return self
 
     def __exit__(self, *exc):
-        import signal
         for sig, old in self.saved.items():
             signal.signal(sig, old)
-
-
-def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=None,
-         opener=None, sleeper=None, clock=None):
-    """The command line; returns the exit code (see the module docstring)."""
-    stdin = stdin if stdin is not None else sys.stdin
-    stdout = stdout if stdout is not None else sys.stdout
-    stderr = stderr if stderr is not None else sys.stderr
-    out = _Output(stdout)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv == ["--version"]:   # the common check needs no argparse, gettext, shutil
-            stdout.write("bump_image %s\n" % __version__)
-            stdout.flush()
-            return 0
-        try:
-            args = _argument_parser(stdout).parse_args(argv)
-        except _Exit as done:
-            return done.status
-        out.format = args.format
-        with _StderrHandler(stderr), _Signals():
-            try:
-                settings = parse_payload(payload_from_args(args, stdin))
-                engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper,
-                                clock=clock, env=env, on_event=out.write)
-                code = engine.run().exit_code
-            except Interrupted as exc:     # before the run started: nothing was contacted
-                code = 128 + exc.signum
-                out.write({"event": "error", "error": {
-                    "code": "interrupted", "message": "interrupted by %s before the run"
-                    " started" % ("SIGTERM" if exc.signum == 15 else "SIGINT"), "hint": None},
-                    "exit_code": code})
-        out.close()
-        return code
-    except BumpError as exc:
-        out.write(exc.event())
-        out.close()
-        return exc.exit_code
-    except BrokenPipeError:
-        return 1
 
 
 class _Output:
@@ -2460,6 +2699,47 @@ class _Output:
         if self.format == "text":
             self.stream.write(render_text(self.events))
             self.stream.flush()
+
+
+def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=None,
+         opener=None, sleeper=None, clock=None):
+    """The command line; returns the exit code (see the module docstring)."""
+    stdin = stdin if stdin is not None else sys.stdin
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+    out = _Output(stdout)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        try:
+            args = argument_parser(stdout).parse_args(argv)
+        except _Exit as done:
+            return done.status
+        if args.version:
+            stdout.write("bump_image %s\n" % __version__)
+            stdout.flush()
+            return 0
+        out.format = args.format
+        with _Signals():
+            try:
+                settings = parse_payload(payload_from_args(args, stdin))
+                engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper,
+                                clock=clock, env=env, on_event=out.write,
+                                progress=StderrProgress(stderr))
+                code = engine.run().exit_code
+            except Interrupted as exc:     # before the run started: nothing was contacted
+                code = 128 + exc.signum
+                out.write({"event": "error", "error": {
+                    "code": "interrupted", "message": "interrupted by %s before the run"
+                    " started" % ("SIGTERM" if exc.signum == 15 else "SIGINT"), "hint": None},
+                    "exit_code": code})
+        out.close()
+        return code
+    except BumpError as exc:
+        out.write(exc.event())
+        out.close()
+        return exc.exit_code
+    except BrokenPipeError:
+        return 1
 
 
 if __name__ == "__main__":

@@ -172,3 +172,16 @@ def test_console_script_when_installed():
     assert json.loads(done.stdout)["error"]["code"] == "invalid_payload"
     done = subprocess.run([script, "--version"], stdout=subprocess.PIPE, timeout=60)
     assert done.stdout.decode().strip() == "bump_image " + bump_image.__version__
+
+
+def test_help_lists_every_payload_key_with_its_default(env):
+    run = run_cli(["--help"], env=env)
+    assert run.code == 0
+    for key in bump_image.PAYLOAD_KEYS:
+        if key.alias_of:
+            assert "(alias %s)" % key.name in run.stdout
+            continue
+        line = next(ln for ln in run.stdout.splitlines()
+                    if ln.startswith("  %s:" % key.name) or ln.startswith("  %s " % key.name))
+        default = key.default_text().replace("`", "").replace("—", "none")
+        assert line.endswith("default " + default), line

@@ -140,7 +140,7 @@ plausible = {
 def keyed_payloads(draw):
     """Objects made of the real keys (and a few near misses), each value either
     plausible for its key or any JSON value."""
-    keys = draw(st.lists(st.sampled_from(bump_image.PAYLOAD_KEYS + ("namspace", "Image")),
+    keys = draw(st.lists(st.sampled_from([k.name for k in bump_image.PAYLOAD_KEYS] + ["namspace", "Image"]),
                          unique=True, max_size=8))
     payload = {}
     if draw(st.integers(0, 4)) > 0:                 # usually an image, to get further

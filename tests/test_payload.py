@@ -104,7 +104,7 @@ def test_defaults():
     assert s.image.text == IMG
     assert s.namespace == "noetl"
     assert s.deployments == ["noetl-server", "noetl-worker", "ollama-bridge"]
-    assert s.named is False
+    assert s.listed is False
     assert (s.container, s.probe_attempts, s.probe_sleep, s.probe) == (None, 12, 10, "auto")
     assert (s.mirrors, s.rollout_timeout, s.dry_run) == ({}, 300, False)
     assert (s.expected_context, s.context, s.kubeconfig, s.kubectl) == (None, None, None,
@@ -117,7 +117,7 @@ def test_playbook_form():
     s = parse_payload({"image_repository": "ghcr.io/noetl/noetl", "target_tag": "v2.35.9",
                        "components": ["noetl-worker"]})
     assert s.image.text == IMG
-    assert s.deployments == ["noetl-worker"] and s.named
+    assert s.deployments == ["noetl-worker"] and s.listed
 
 
 def test_both_forms_agreeing():
@@ -141,7 +141,7 @@ def test_every_key_accepted():
 
 def test_null_means_default():
     s = parse_payload({"image": IMG, "namespace": None, "deployments": None, "dry_run": None})
-    assert s.namespace == "noetl" and not s.named and s.dry_run is False
+    assert s.namespace == "noetl" and not s.listed and s.dry_run is False
 
 
 @pytest.mark.parametrize("payload, message, hint", [
