@@ -57,6 +57,7 @@ Where things live, top to bottom:
 """
 
 import argparse
+import ast
 import base64
 import difflib
 import functools
@@ -66,6 +67,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -125,6 +127,14 @@ KUBECTL_CALL_TIMEOUT = 30.0    # seconds before a read or write is killed
 ROLLOUT_GRACE = 10.0           # extra seconds before a rollout wait is killed
 ROLLBACK_TIMEOUT_CAP = 300     # seconds at most waiting for a rollback
 
+DEADLINE_RESERVE = 1.0         # seconds of deadline_seconds kept for the report
+
+#: The workload kinds, as the payload names them and as Kubernetes spells them.
+KINDS = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}
+KIND_ALIASES = {"deployment": "deployment", "deploy": "deployment",
+                "statefulset": "statefulset", "sts": "statefulset",
+                "daemonset": "daemonset", "ds": "daemonset"}
+DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
 CHANGE_CAUSE = "kubernetes.io/change-cause"
 REVISION = "deployment.kubernetes.io/revision"
 FIELD_MANAGER = "bump_image"
@@ -190,9 +200,15 @@ class KubectlFailed(BumpError):
 
 
 class ContainerNotFound(BumpError):
-    """The named container is not in the Deployment."""
+    """The named container is not in the workload."""
 
     code = "container_not_found"
+
+
+class ContainerAmbiguous(BumpError):
+    """No rule picks the container to update: the payload must name it."""
+
+    code = "container_ambiguous"
 
 
 class Interrupted(BaseException):
@@ -245,8 +261,9 @@ class ImageRef:
 
     @property
     def name(self):
-        """``domain/path``, the normalized repository."""
-        return self.domain + "/" + self.path
+        """``domain/path``, the normalized repository; host names are case-insensitive,
+        so the domain is lower-cased here (``GHCR.io/x`` is ``ghcr.io/x``)."""
+        return self.domain.lower() + "/" + self.path
 
     @property
     def host(self):
@@ -257,8 +274,9 @@ class ImageRef:
         return host.rsplit(":", 1)[0] if ":" in host else host
 
     def canonical(self):
-        """The fully qualified form, e.g. ``docker.io/library/nginx:latest``."""
-        out = self.name
+        """The fully qualified form, e.g. ``docker.io/library/nginx:latest`` (the host
+        as written: an upper-case letter is what makes ``UPPER/a`` a host)."""
+        out = self.domain + "/" + self.path
         if self.tag is not None or self.digest is None:
             out += ":" + (self.tag or "latest")
         if self.digest:
@@ -281,11 +299,15 @@ class ImageRef:
         """The user's reference with ``digest`` attached (any old digest replaced)."""
         return self.text.split("@", 1)[0] + "@" + digest
 
+    def _identity(self):
+        shown = self.tag is not None or self.digest is None
+        return self.name, (self.tag or "latest") if shown else None, self.digest
+
     def __eq__(self, other):
-        return isinstance(other, ImageRef) and self.canonical() == other.canonical()
+        return isinstance(other, ImageRef) and self._identity() == other._identity()
 
     def __hash__(self):
-        return hash(self.canonical())
+        return hash(self._identity())
 
     def __repr__(self):
         return "ImageRef(%r)" % self.canonical()
@@ -396,9 +418,10 @@ class Key:
     """One payload key: its value type, default, range or choices, and meaning.
 
     ``kind`` names the checker (``_CHECKERS``); ``attr`` the ``Settings`` field it
-    fills (None for keys that are combined with others, such as the image forms);
-    ``alias_of`` makes this key another spelling of that one.  ``shown`` is the
-    default as the help and README print it, where the value alone does not say it.
+    fills (None for keys that are combined with others: the image forms, the
+    workload lists); ``alias_of`` makes this key another spelling of that one.
+    ``shown`` is the default as the help and README print it, where the value alone
+    does not say it.  ``low_open`` makes ``low`` an open bound (``> low``).
     """
 
     name: str
@@ -407,6 +430,7 @@ class Key:
     default: object = None
     low: float = None
     high: float = None
+    low_open: bool = False
     choices: tuple = ()
     attr: str = None
     alias_of: str = None
@@ -414,6 +438,8 @@ class Key:
 
     def type_text(self):
         """The value type as the help and README's payload table print it."""
+        if self.low_open:
+            return "%s > %g (at most %g)" % (self.kind, self.low, self.high)
         if self.kind in ("integer", "number"):
             return "%s %g–%g" % (self.kind, self.low, self.high)
         if self.kind == "choice":
@@ -433,13 +459,14 @@ class Key:
 
 _TYPE_TEXT = {
     "image": "string", "repository": "string", "tag": "string", "label": "string",
-    "subdomain": "string", "context": "string", "path": "string", "boolean": "boolean",
-    "names": "list of strings", "mirrors": "object: registry host → base URL",
+    "workload": "string", "context": "string", "path": "string", "boolean": "boolean",
+    "workloads": "list of strings", "mirrors": "object: registry host → base URL",
+    "images": "object: workload → image",
 }
 
 #: Every payload key, in the order README.md documents them.  The one source of
-#: truth for validation, ``--help`` and README's payload table (a test holds README
-#: to it).
+#: truth for validation, ``--help``, ``--payload-lines`` and README's payload table
+#: (a test holds README to it).
 PAYLOAD_KEYS = (
     Key("image", "image", "target reference, e.g. `ghcr.io/noetl/noetl:v2.35.9`; a tag,"
         " a digest (`@sha256:…`) or both", shown="—"),
@@ -447,14 +474,20 @@ PAYLOAD_KEYS = (
         "target_tag`; both or neither; if `image` is given too they must agree", shown="—"),
     Key("target_tag", "tag", "playbook form: the tag that goes with `image_repository`",
         shown="—"),
+    Key("images", "images", "an image per workload, e.g. `{\"noetl-server\": \"ghcr.io/noetl/"
+        "noetl-server-rust:v3\"}`; without a list key the workloads are its keys, in order;"
+        " with one, every key must be listed and `image` is the image of the others",
+        shown="—"),
     Key("namespace", "label", "Kubernetes namespace (a DNS-1123 label)",
         default=DEFAULT_NAMESPACE, attr="namespace"),
-    Key("deployment", "subdomain", "one Deployment", shown="—"),
-    Key("deployments", "names", "several Deployments, processed in this order; no"
-        " duplicates", shown="the three defaults"),
-    Key("components", "names", "the playbook's name for `deployments`",
+    Key("deployment", "workload", "one workload: a Deployment's name, or `KIND/NAME` with"
+        " KIND `deployment` (`deploy`), `statefulset` (`sts`) or `daemonset` (`ds`)",
+        shown="—"),
+    Key("deployments", "workloads", "several workloads (names or `KIND/NAME`), processed in"
+        " this order; no duplicates", shown="the three defaults"),
+    Key("components", "workloads", "the playbook's name for `deployments`",
         alias_of="deployments", shown="the three defaults"),
-    Key("container", "label", "the container to update in each Deployment (regular or"
+    Key("container", "label", "the container to update in each workload (regular or"
         " init); see [containers](#which-containers)", attr="container", shown="auto"),
     Key("ghcr_probe_attempts", "integer", "manifest probes at most", default=12, low=1,
         high=10000, attr="probe_attempts"),
@@ -464,13 +497,16 @@ PAYLOAD_KEYS = (
         " [probe](#registry-probe)", default="auto", choices=PROBE_MODES, attr="probe"),
     Key("registry_mirrors", "mirrors", "probe this endpoint instead of the registry, e.g."
         ' `{"ghcr.io": "https://mirror.internal"}`', attr="mirrors", shown="`{}`"),
-    Key("rollout_timeout_seconds", "integer", "per Deployment", default=300, low=1,
+    Key("rollout_timeout_seconds", "integer", "per workload", default=300, low=1,
         high=86400, attr="rollout_timeout"),
+    Key("deadline_seconds", "number", "a budget for the whole run (probe and every rollout),"
+        " from the tool's start; see [deadline](#a-deadline-for-the-whole-run)", low=0,
+        low_open=True, high=604800, attr="deadline_seconds", shown="none"),
     Key("dry_run", "boolean", "probe and read, report what would change, change nothing",
         default=False, attr="dry_run"),
     Key("expected_kube_context", "context", "refuse to run unless kubectl's context is this"
-        " one (skipped in-cluster, where `KUBERNETES_SERVICE_HOST` is set)",
-        attr="expected_context", shown="none"),
+        " one (in-cluster, where `KUBERNETES_SERVICE_HOST` is set, skipped unless `context`,"
+        " `kubeconfig` or `KUBECONFIG` is given)", attr="expected_context", shown="none"),
     Key("context", "context", "passed to kubectl as `--context=`", attr="context",
         shown="none"),
     Key("kubeconfig", "path", "passed to kubectl as `--kubeconfig=`", attr="kubeconfig",
@@ -491,21 +527,47 @@ KEYS_BY_NAME = {key.name: key for key in PAYLOAD_KEYS}
 _LIST_KEYS = ("deployment", "deployments", "components")
 
 
+@dataclass(frozen=True)
+class Workload:
+    """One selected workload: its kind (``deployment``, ``statefulset`` or
+    ``daemonset``), its name, and its target image as the payload gave it."""
+
+    kind: str
+    name: str
+    image: ImageRef = field(default=None, compare=False)
+
+    @property
+    def key(self):
+        """How the payload and the output name it: a bare name for a Deployment."""
+        return self.name if self.kind == "deployment" else self.resource
+
+    @property
+    def resource(self):
+        """``kind/name``, as kubectl takes it."""
+        return "%s/%s" % (self.kind, self.name)
+
+    @property
+    def title(self):
+        """The kind as Kubernetes spells it, e.g. ``StatefulSet``."""
+        return KINDS[self.kind]
+
+
 @dataclass
 class Settings:
     """A validated payload: every key resolved to its value or its default (the
     defaults live in ``PAYLOAD_KEYS``, not here)."""
 
-    image: ImageRef
-    deployments: list              # [name], in the order given
+    workloads: list                # [Workload], in the order given
     listed: bool                   # True when the payload named them (not the defaults)
+    images: list                   # [ImageRef], distinct, in order of first use
     namespace: str
-    container: str                 # or None: chosen per Deployment
+    container: str                 # or None: chosen per workload
     probe_attempts: int
     probe_sleep: float
     probe: str
     mirrors: dict
     rollout_timeout: int
+    deadline_seconds: float        # or None
     dry_run: bool
     expected_context: str          # or None
     context: str                   # or None
@@ -515,6 +577,11 @@ class Settings:
     fail_fast_seconds: float
     rollback_on_failure: bool
     parallel: bool
+
+    @property
+    def image(self):
+        """The one target image, or None when the workloads have several."""
+        return self.images[0] if len(self.images) == 1 else None
 
 
 def _describe(value):
@@ -567,13 +634,14 @@ def _check_integer(key, value):
 
 def _check_number(key, value):
     name, lo, hi = key.name, key.low, key.high
+    bounds = ("greater than %g and at most %g" if key.low_open else "from %g to %g") % (lo, hi)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PayloadError("%s must be a number from %g to %g, got %s"
-                           % (name, lo, hi, _describe(value)), hint=_number_hint(value))
+        raise PayloadError("%s must be a number %s, got %s" % (name, bounds, _describe(value)),
+                           hint=_number_hint(value))
     if isinstance(value, float) and not math.isfinite(value):
         raise PayloadError("%s must be a finite number, got %s" % (name, value))
-    if not lo <= value <= hi:
-        raise PayloadError("%s must be from %g to %g, got %s" % (name, lo, hi, value))
+    if not (lo < value if key.low_open else lo <= value) or value > hi:
+        raise PayloadError("%s must be %s, got %s" % (name, bounds, value))
     return value
 
 
@@ -595,11 +663,12 @@ def _check_choice(key, value):
     return value
 
 
-def _check_string(key, value):
+def _check_string(key, value, where=None):
+    where = where or key.name
     if not isinstance(value, str):
-        raise PayloadError("%s must be a string, got %s" % (key.name, _describe(value)))
+        raise PayloadError("%s must be a string, got %s" % (where, _describe(value)))
     if not value:
-        raise PayloadError("%s must not be empty" % key.name)
+        raise PayloadError("%s must not be empty" % where)
     return value
 
 
@@ -623,11 +692,95 @@ def _check_label(key, value):
     return _check_k8s_name(key.name, _check_string(key, value), subdomain=False)
 
 
-def _check_subdomain(key, value):
+def _parse_workload(where, text):
+    """A ``Workload`` (no image yet) from ``KIND/NAME`` or a bare Deployment name."""
+    kind, name = "deployment", text
+    if "/" in text:
+        given, _, name = text.partition("/")
+        kind = KIND_ALIASES.get(given.lower())
+        if kind is None:
+            raise PayloadError("%s %s: unknown kind %s" % (where, json.dumps(text),
+                                                          json.dumps(given)),
+                               hint="KIND is deployment (deploy), statefulset (sts) or"
+                                    " daemonset (ds); a bare name is a Deployment")
+        if not name:
+            raise PayloadError("%s %s has no name after the kind" % (where, json.dumps(text)))
+    return Workload(kind, _check_k8s_name(where, name, subdomain=True))
+
+
+def _check_workload(key, value):
     if isinstance(value, list):
         raise PayloadError("%s must be one name (a string), got a list" % key.name,
                            hint="use deployments for a list")
-    return _check_k8s_name(key.name, _check_string(key, value), subdomain=True)
+    return _parse_workload(key.name, _check_string(key, value))
+
+
+def _check_workloads(key, value):
+    if not isinstance(value, list):
+        hint = "use deployment for one name" if isinstance(value, str) else None
+        raise PayloadError("%s must be a list of workload names, got %s"
+                           % (key.name, _describe(value)), hint=hint)
+    if not value:
+        raise PayloadError("%s is empty: name at least one workload" % key.name,
+                           hint="leave the key out for the defaults: "
+                                + ", ".join(DEFAULT_DEPLOYMENTS))
+    workloads = []
+    for i, item in enumerate(value):
+        where = "%s[%d]" % (key.name, i)
+        workload = _parse_workload(where, _check_string(key, item, where))
+        if workload in workloads:
+            raise PayloadError("%s: %s is listed twice" % (key.name, json.dumps(item)))
+        workloads.append(workload)
+    return workloads
+
+
+def _parse_reference(where, value):
+    try:
+        return parse_image(value)
+    except ValueError as exc:
+        raise PayloadError("%s %s is invalid: %s" % (where, json.dumps(value), exc))
+
+
+def _check_image(key, value):
+    return _parse_reference("image", _check_string(key, value))
+
+
+def _check_images(key, value):
+    if not isinstance(value, dict):
+        raise PayloadError("images must be an object of workload -> image, got %s"
+                           % _describe(value), hint='e.g. {"noetl-server": "ghcr.io/noetl/'
+                                                    'noetl-server-rust:v3"}')
+    if not value:
+        raise PayloadError("images is empty: map at least one workload to its image")
+    images = {}
+    for text, image in value.items():
+        where = "images key %s" % json.dumps(text)
+        workload = _parse_workload(where, _check_string(key, text, where))
+        if workload in images:
+            raise PayloadError("images names %s twice" % workload.key)
+        where = "images[%s]" % json.dumps(text)
+        ref = _parse_reference(where, _check_string(key, image, where))
+        if ref.tag is None and ref.digest is None:
+            raise PayloadError("%s %s has neither a tag nor a digest"
+                               % (where, json.dumps(image)))
+        images[workload] = ref
+    return images
+
+
+def _check_repository(key, value):
+    value = _check_string(key, value)
+    ref = _parse_reference("image_repository", value)
+    if ref.tag is not None or ref.digest is not None:
+        raise PayloadError("image_repository %s must not carry a tag or digest"
+                           % json.dumps(value), hint="put the tag in target_tag")
+    return value
+
+
+def _check_tag(key, value):
+    value = _check_string(key, value)
+    if not _TAG_RE.fullmatch(value):
+        raise PayloadError("target_tag %s is not a valid tag" % json.dumps(value))
+    return value
 
 
 def _check_context(key, value):
@@ -646,66 +799,26 @@ def _check_path(key, value):
     return value
 
 
-def _check_names(key, value):
-    if not isinstance(value, list):
-        hint = "use deployment for one name" if isinstance(value, str) else None
-        raise PayloadError("%s must be a list of Deployment names, got %s"
-                           % (key.name, _describe(value)), hint=hint)
-    if not value:
-        raise PayloadError("%s is empty: name at least one Deployment" % key.name,
-                           hint="leave the key out for the defaults: "
-                                + ", ".join(DEFAULT_DEPLOYMENTS))
-    names = []
-    for i, item in enumerate(value):
-        where = "%s[%d]" % (key.name, i)
-        if not isinstance(item, str):
-            raise PayloadError("%s must be a string, got %s" % (where, _describe(item)))
-        _check_k8s_name(where, item, subdomain=True)
-        if item in names:
-            raise PayloadError("%s: Deployment %s is listed twice"
-                               % (key.name, json.dumps(item)))
-        names.append(item)
-    return names
-
-
-def _check_image(key, value):
-    value = _check_string(key, value)
-    try:
-        return parse_image(value)
-    except ValueError as exc:
-        raise PayloadError("image %s is invalid: %s" % (json.dumps(value), exc))
-
-
-def _check_repository(key, value):
-    value = _check_string(key, value)
-    try:
-        ref = parse_image(value)
-    except ValueError as exc:
-        raise PayloadError("image_repository %s is invalid: %s" % (json.dumps(value), exc))
-    if ref.tag is not None or ref.digest is not None:
-        raise PayloadError("image_repository %s must not carry a tag or digest"
-                           % json.dumps(value), hint="put the tag in target_tag")
-    return value
-
-
-def _check_tag(key, value):
-    value = _check_string(key, value)
-    if not _TAG_RE.fullmatch(value):
-        raise PayloadError("target_tag %s is not a valid tag" % json.dumps(value))
-    return value
-
-
-def url_problem(url):
-    """Why ``url`` is not a usable http(s) base URL, or None when it is."""
+def _split_http_url(url):
+    """``(urlsplit(url), None)`` for an http(s) URL with a host and a valid port,
+    else ``(None, why)``."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        return str(exc)
+        return None, str(exc)
     if parts.scheme not in ("http", "https"):
-        return "the scheme must be https or http"
+        return None, "the scheme must be https or http"
     if not parts.hostname:
-        return "no host"
+        return None, "no host"
+    return parts, None
+
+
+def url_problem(url):
+    """Why ``url`` is not a usable http(s) base URL, or None when it is."""
+    parts, why = _split_http_url(url)
+    if why:
+        return why
     if parts.username or parts.password:
         return "credentials do not belong in the URL (use the Docker config)"
     if "?" in url or "#" in url:
@@ -738,10 +851,10 @@ def _check_mirrors(key, value):
 
 _CHECKERS = {
     "integer": _check_integer, "number": _check_number, "boolean": _check_boolean,
-    "choice": _check_choice, "label": _check_label, "subdomain": _check_subdomain,
-    "context": _check_context, "path": _check_path, "names": _check_names,
-    "image": _check_image, "repository": _check_repository, "tag": _check_tag,
-    "mirrors": _check_mirrors,
+    "choice": _check_choice, "label": _check_label, "workload": _check_workload,
+    "workloads": _check_workloads, "context": _check_context, "path": _check_path,
+    "image": _check_image, "images": _check_images, "repository": _check_repository,
+    "tag": _check_tag, "mirrors": _check_mirrors,
 }
 
 
@@ -755,41 +868,56 @@ def _checked(payload, name):
 # -- rules that join several keys ---------------------------------------------------
 
 def _target_image(payload):
-    """``image``, or ``image_repository`` + ``target_tag`` (which must agree with it)."""
+    """``image``, or ``image_repository`` + ``target_tag`` (which must agree with it);
+    None when neither is given."""
     if (payload.get("image_repository") is None) != (payload.get("target_tag") is None):
         raise PayloadError("image_repository and target_tag go together: give both or neither",
                            hint="or give the whole reference as image")
     repository, tag = _checked(payload, "image_repository"), _checked(payload, "target_tag")
     ref = _checked(payload, "image")
     if repository is not None:
-        combined = repository + ":" + tag
-        try:
-            combined_ref = parse_image(combined)
-        except ValueError as exc:
-            raise PayloadError("image %s is invalid: %s" % (json.dumps(combined), exc))
-        if ref is not None and combined_ref != ref:
+        combined = _parse_reference("image", repository + ":" + tag)
+        if ref is not None and combined != ref:
             raise PayloadError("image %s and image_repository:target_tag %s disagree"
-                               % (json.dumps(ref.text), json.dumps(combined)))
-        ref = ref or combined_ref
-    if ref is None:
-        raise PayloadError("image is required", hint='e.g. "image": "ghcr.io/noetl/noetl:v2.35.9"'
-                           ' (or image_repository with target_tag)')
-    if ref.tag is None and ref.digest is None:
+                               % (json.dumps(ref.text), json.dumps(combined.text)))
+        ref = ref or combined
+    if ref is not None and ref.tag is None and ref.digest is None:
         raise PayloadError("image %s has neither a tag nor a digest" % json.dumps(ref.text),
                            hint="name the release, e.g. %s:v1.2.3" % ref.text)
     return ref
 
 
-def _selected_deployments(payload):
-    """``(names, listed)``: the one list key given, else the defaults."""
+def _selected_workloads(payload):
+    """``(workloads with their images, listed)``: the one list key given, else the
+    ``images`` keys, else the default Deployments; each workload's image from
+    ``images`` or else ``image``."""
     given = [k for k in _LIST_KEYS if payload.get(k) is not None]
     if len(given) > 1:
         raise PayloadError("give only one of deployment, deployments and components; got "
                            + " and ".join(given))
-    if not given:
-        return list(DEFAULT_DEPLOYMENTS), False
-    value = _checked(payload, given[0])
-    return ([value] if given[0] == "deployment" else value), True
+    images = _checked(payload, "images") or {}
+    image = _target_image(payload)
+    if given:
+        value = _checked(payload, given[0])
+        workloads, listed = ([value] if given[0] == "deployment" else value), True
+        for workload in images:
+            if workload not in workloads:
+                raise PayloadError("images names %s, which %s does not list"
+                                   % (json.dumps(workload.key), given[0]),
+                                   hint="add it to %s, or leave it out of images" % given[0])
+    elif images:
+        workloads, listed = list(images), True
+    else:
+        workloads = [Workload("deployment", name) for name in DEFAULT_DEPLOYMENTS]
+        listed = False
+    without = [w.key for w in workloads if w not in images]
+    if without and image is None:
+        if not images:
+            raise PayloadError("image is required", hint='e.g. "image": "ghcr.io/noetl/noetl:'
+                               'v2.35.9" (or image_repository with target_tag, or images)')
+        raise PayloadError("image is required for %s (not in images)" % ", ".join(without),
+                           hint="add them to images, or give image for the others")
+    return [Workload(w.kind, w.name, images.get(w, image)) for w in workloads], listed
 
 
 def parse_payload(payload):
@@ -805,21 +933,98 @@ def parse_payload(payload):
         if name not in KEYS_BY_NAME:
             raise PayloadError("unknown key %s" % json.dumps(name),
                                hint=_did_you_mean(str(name), list(KEYS_BY_NAME)))
-    ref = _target_image(payload)
-    deployments, listed = _selected_deployments(payload)
+    workloads, listed = _selected_workloads(payload)
     values = {}
     for key in PAYLOAD_KEYS:
         if key.attr is not None:
             value = _checked(payload, key.name)
             values[key.attr] = key.default if value is None else value
     values["mirrors"] = values["mirrors"] or {}
-    settings = Settings(image=ref, deployments=deployments, listed=listed, **values)
-    if settings.pin_digest and ref.digest is None and not will_probe(ref, settings.probe):
-        raise PayloadError(
-            "pin_digest needs the digest the registry probe sees, but %s is not probed (%s)"
-            % (ref.text, "probe is never" if settings.probe == "never" else "a local image"),
-            hint='set "probe": "always", or give the image as name:tag@sha256:...')
+    images = list(dict.fromkeys(w.image for w in workloads))
+    settings = Settings(workloads=workloads, listed=listed, images=images, **values)
+    for ref in images:
+        if settings.pin_digest and ref.digest is None and not will_probe(ref, settings.probe):
+            raise PayloadError(
+                "pin_digest needs the digest the registry probe sees, but %s is not probed (%s)"
+                % (ref.text, "probe is never" if settings.probe == "never" else "a local image"),
+                hint='set "probe": "always", or give the image as name:tag@sha256:...')
     return settings
+
+
+# -- the payload as key=value lines (NoETL's rendered workload) ------------------------
+
+_LINES_KEYS = tuple(k.name for k in PAYLOAD_KEYS) + ("script",)
+_UNRENDERED_RE = re.compile(r"\{\{ ?(?:workload\.)?([A-Za-z_][A-Za-z0-9_]*) ?\}\}")
+
+
+def parse_payload_lines(text):
+    """A payload dict from ``key=value`` lines, the form a NoETL shell step renders
+    (``--payload-lines``; see README's NoETL section).
+
+    Every payload key and ``script`` appears exactly once, in any order, and
+    nothing else does: so a value that carries a line break cannot add, repeat or
+    drop a key.  An empty value, ``null``/``None`` or an unrendered
+    ``{{ workload.KEY }}`` means "not given".  Values are typed by their key:
+    numbers and booleans from their text (``12``, ``2.5``, ``true``/``True``),
+    lists and objects as JSON or as Python literals (what Jinja renders); the
+    payload's usual rules then apply.  ``script`` (the playbook's path of this
+    tool) is checked as a path and otherwise ignored.
+    """
+    payload, seen = {}, set()
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        name, sep, raw = line.partition("=")
+        where = "line %d of the payload lines" % number
+        if not sep or name not in _LINES_KEYS:
+            raise PayloadError("%s is not KEY=VALUE with a payload key: %s"
+                               % (where, json.dumps(line[:60])),
+                               hint=_did_you_mean(name, _LINES_KEYS) if sep else None)
+        if name in seen:
+            raise PayloadError("%s repeats %s: a value may hold a line break"
+                               % (where, name))
+        seen.add(name)
+        if _CONTROL_RE.search(raw):
+            raise PayloadError("%s: the value of %s holds a control character"
+                               % (where, name))
+        value = _line_value(KEYS_BY_NAME.get(name), raw)
+        if value is not None:
+            payload[name] = value
+    missing = [k for k in _LINES_KEYS if k not in seen]
+    if missing:
+        raise PayloadError("the payload lines lack %s (every key is given, empty when"
+                           " unset: a value with a line break may have cut them off)"
+                           % ", ".join(missing))
+    script = payload.pop("script", None)
+    if script is not None:
+        _check_path(Key("script", "path", "this tool"), script)
+    return payload
+
+
+def _line_value(key, raw):
+    """One line's value, typed by its key (see ``parse_payload_lines``)."""
+    unrendered = _UNRENDERED_RE.fullmatch(raw)
+    if raw in ("", "null", "None") or (unrendered and key is not None
+                                        and unrendered.group(1) == key.name):
+        return None
+    if key is None or key.kind not in ("integer", "number", "boolean", "workloads",
+                                       "images", "mirrors"):
+        return raw
+    if key.kind == "boolean":
+        return {"true": True, "false": False}.get(raw.lower(), raw)
+    for parse in (_strict_json, ast.literal_eval):
+        try:
+            return parse(raw)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError,
+                PayloadError):
+            continue
+    return raw
+
+
+def _strict_json(text):
+    return json.loads(text, object_pairs_hook=_reject_duplicates,
+                      parse_constant=_reject_constant)
 
 
 # --------------------------------------------------------------------------
@@ -878,17 +1083,18 @@ def parse_retry_after(value, now=None):
 @dataclass
 class ProbeResult:
     """What the probe of one image found: ``status`` (``available``, ``skipped`` or
-    ``unavailable``), the attempts spent, the digest, and an error
-    (``{"code", "message"}``) when unavailable."""
+    ``unavailable``), the attempts spent, the digest, an error (``{"code",
+    "message"}``) when unavailable, and the image."""
 
     status: str
     attempts: int = 0
     digest: str = None             # or None
     error: dict = None             # or None
+    image: str = None              # the image's reference as the payload wrote it
 
-    def event(self, image):
-        """The ``probe`` output line for ``image`` (its text)."""
-        return {"event": "probe", "image": image, "status": self.status,
+    def event(self):
+        """The ``probe`` output line."""
+        return {"event": "probe", "image": self.image, "status": self.status,
                 "attempts": self.attempts, "digest": self.digest, "error": self.error}
 
 
@@ -964,8 +1170,8 @@ def registry_endpoint(ref, mirrors):
 
     Plain http is used only for loopback hosts (or a mirror URL that says so).
     """
-    if ref.domain in mirrors:
-        return mirrors[ref.domain]
+    if ref.domain.lower() in mirrors:
+        return mirrors[ref.domain.lower()]
     if ref.domain == "docker.io":
         return "https://registry-1.docker.io"
     return ("http://" if _is_loopback(ref.host) else "https://") + ref.domain
@@ -987,12 +1193,23 @@ def docker_config_path(env):
     return os.path.join(folder, "config.json")
 
 
+@dataclass
+class Credentials:
+    """What the Docker config holds for one host: a user and password, or an
+    identity token (an OAuth2 refresh token, as ``docker login`` stores for
+    registries that issue them)."""
+
+    user: str = None
+    password: str = None
+    identity_token: str = None
+
+
 def docker_credentials(host, env, log):
-    """(user, password) for ``host`` from the Docker config, or None.
+    """``Credentials`` for ``host`` from the Docker config, or None.
 
     Reads ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``; entries with
-    ``auth`` (base64 user:password) or ``username``/``password``; keys may be URLs.
-    Credential helpers (``credsStore``) are not run; ``log`` says so.
+    ``identitytoken``, ``auth`` (base64 user:password) or ``username``/``password``;
+    keys may be URLs.  Credential helpers (``credsStore``) are not run; ``log`` says so.
     """
     path = docker_config_path(env)
     try:
@@ -1015,15 +1232,18 @@ def docker_credentials(host, env, log):
         entry = by_host.get(key)
         if not isinstance(entry, dict):
             continue
+        token = entry.get("identitytoken")
+        if isinstance(token, str) and token and not _CONTROL_RE.search(token):
+            return Credentials(identity_token=token)
         if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
-            return entry["username"], entry["password"]
+            return Credentials(entry["username"], entry["password"])
         if isinstance(entry.get("auth"), str):
             try:
                 user, _, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
             except (ValueError, UnicodeDecodeError):
                 continue
             if user:
-                return user, password
+                return Credentials(user, password)
     helpers = config.get("credHelpers") if isinstance(config.get("credHelpers"), dict) else {}
     if config.get("credsStore") or any(k in helpers for k in _docker_config_keys(host)):
         log("the Docker config names a credential helper for %s; bump_image does not run"
@@ -1202,6 +1422,9 @@ def default_opener(ssl_context=None, env=None):
     return opener
 
 
+_PROBE_STOPS = ("interrupted", "deadline_exceeded")   # outcomes that end a probe early
+
+
 def _expire(sockets, expired):
     """The request deadline passed: unblock every read on its sockets."""
     import socket  # HTTP/TLS stack
@@ -1242,44 +1465,39 @@ def _read_bounded(fh, clock, deadline):
     return b"".join(chunks)
 
 
-def _http_url_parts(url):
-    """``urlsplit(url)`` when it is an http(s) URL with a host and a valid port,
-    else None."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return parts
-
-
 class RegistryProbe:
     """Probe one image until its manifest is visible (the contract's probe rules).
 
     The handshake, per attempt:
       1. HEAD the manifest, with the pull token when one is held and still valid;
       2. a 401 with a Bearer challenge: fetch a token from its realm (credentials
-         for the contacted host from the Docker config, when there are any) and HEAD
-         again at once, still the same attempt;
+         for the contacted host from the Docker config, when there are any: Basic
+         for a user and password, the refresh-token grant for an identity token)
+         and HEAD again at once, still the same attempt;
       3. judge the answer: 200 available; 404, 401/403, 429, 5xx, time-outs and
          network errors are retried after the sleep (or ``Retry-After``); anything
-         else gives up at once.
+         else gives up at once;
+      4. when the digest is needed (``pin_digest``) and the 200 carried no
+         ``Docker-Content-Digest``: GET the manifest (bounded) and take its sha256.
     A token serves every attempt until it expires or the registry refuses it.
+    Attempts, sleeps and requests end at ``deadline`` (a ``clock()`` value, or
+    None); ``stopped()`` true ends the probe before its next attempt.
     """
 
     def __init__(self, ref, settings, opener, sleeper, clock, env, log,
-                 timeout=HTTP_TIMEOUT):
+                 timeout=HTTP_TIMEOUT, deadline=None, stopped=None):
         self.ref = ref
         self.attempts_allowed = settings.probe_attempts
         self.sleep_seconds = settings.probe_sleep
+        self.need_digest = settings.pin_digest and ref.digest is None
         self.timeout = timeout
         self.opener = opener
         self.sleeper = sleeper
         self.clock = clock
         self.env = env
         self.log = log
+        self.deadline = deadline
+        self.stopped = stopped or (lambda: False)
         self.base = registry_endpoint(ref, settings.mirrors)
         self.host = urlsplit(self.base).netloc
         self.token = None       # (value, expires_at)
@@ -1291,45 +1509,67 @@ class RegistryProbe:
         return "%s/v2/%s/manifests/%s" % (self.base, self.ref.path,
                                           self.ref.digest or self.ref.tag)
 
+    def _left(self):
+        """Seconds left before the run's deadline (None: no deadline)."""
+        return None if self.deadline is None else self.deadline - self.clock()
+
     def run(self):
         """Probe up to ``ghcr_probe_attempts`` times; return a ``ProbeResult``."""
-        n = self.attempts_allowed
+        n, text = self.attempts_allowed, self.ref.text
         outcome = None
         for attempt in range(1, n + 1):
-            outcome = self.attempt()
+            outcome = self._stop() or self.attempt()
+            if outcome.code in _PROBE_STOPS:
+                break
             self.attempts = attempt
             if outcome.ok:
                 self.log("probe %s: available%s (attempt %d/%d)" % (
-                    self.ref.text, " as " + outcome.digest if outcome.digest else "",
-                    attempt, n))
-                return ProbeResult("available", attempt, outcome.digest)
+                    text, " as " + outcome.digest if outcome.digest else "", attempt, n))
+                return ProbeResult("available", attempt, outcome.digest, image=text)
             if not outcome.retryable or attempt == n:
                 break
             wait = self.sleep_seconds
             if outcome.retry_after is not None:
                 wait = min(outcome.retry_after, RETRY_AFTER_CAP)
+            left = self._left()
+            if left is not None:
+                wait = max(0.0, min(wait, left))
             self.log("probe %s: attempt %d/%d: %s: %s; next in %g s" % (
-                self.ref.text, attempt, n, outcome.code, outcome.message, wait))
+                text, attempt, n, outcome.code, outcome.message, wait))
             if wait > 0:
                 self.sleeper(wait)
-        why = "gave up after %d attempt%s" % (attempt, "" if attempt == 1 else "s")
-        if not outcome.retryable:
+        plural = "" if self.attempts == 1 else "s"
+        if outcome.code in _PROBE_STOPS:
+            why = "after %d attempt%s" % (self.attempts, plural)
+        elif not outcome.retryable:
             why = "not retried"
+        else:
+            why = "gave up after %d attempt%s" % (self.attempts, plural)
         message = "%s (%s)" % (outcome.message, why)
-        self.log("probe %s: %s" % (self.ref.text, message))
-        return ProbeResult("unavailable", attempt, None, {"code": outcome.code,
-                                                          "message": message})
+        self.log("probe %s: %s" % (text, message))
+        return ProbeResult("unavailable", self.attempts, None,
+                           {"code": outcome.code, "message": message}, image=text)
+
+    def _stop(self):
+        """An outcome that ends the probe before its next attempt, or None."""
+        if self.stopped():
+            return _Outcome("interrupted", "interrupted", retryable=False)
+        left = self._left()
+        if left is not None and left <= 0:
+            return _Outcome("deadline_exceeded", "the run's deadline passed before %s was seen"
+                            % self.ref.text, retryable=False)
+        return None
 
     # -- one attempt ---------------------------------------------------------
 
     def attempt(self):
         try:
             token = self._valid_token()
-            resp = self._head(token)
+            resp, auth = self._manifest("HEAD", token)
             if resp.status == 401:
                 if token is not None:
                     self.token = None           # refused: never send it again
-                resp = self._answer_challenge(resp)
+                resp, auth = self._answer_challenge(resp)
             elif resp.status == 403 and token is not None:
                 self.token = None
             outcome = judge_status(resp.status, resp.headers, self.ref)
@@ -1337,6 +1577,8 @@ class RegistryProbe:
                 outcome.message += "; credentials are looked up for %s in %s (%s)" % (
                     self.host, docker_config_path(self.env),
                     "found" if self._credentials() else "none there")
+            if outcome.ok and not outcome.digest and self.need_digest:
+                outcome.digest = self._digest_of_manifest(auth)
             return outcome
         except _AttemptFailed as failed:
             return failed.outcome
@@ -1345,17 +1587,17 @@ class RegistryProbe:
         challenges = parse_challenges(resp.headers.get_all("WWW-Authenticate") or [])
         schemes = dict(challenges)
         if "bearer" in schemes:
-            resp = self._head(self._fetch_token(schemes["bearer"]))
+            resp, auth = self._manifest("HEAD", self._fetch_token(schemes["bearer"]))
             if resp.status in (401, 403):
                 self.token = None               # a fresh token refused: drop it too
-            return resp
+            return resp, auth
         if "basic" in schemes:
             creds = self._credentials()
-            if creds is None:
+            if creds is None or creds.user is None:
                 raise _AttemptFailed(_Outcome(
                     "unauthorized", "%s asks for Basic credentials and the Docker config has"
                     " none for it" % self.host))
-            return self._head(None, basic=creds)
+            return self._manifest("HEAD", None, basic=creds)
         raise _AttemptFailed(_Outcome(
             "unauthorized", "%s answered 401 without a Bearer challenge" % self.host))
 
@@ -1370,18 +1612,37 @@ class RegistryProbe:
             self._creds = docker_credentials(self.host, self.env, self.log)
         return self._creds
 
-    def _head(self, token, basic=None):
+    def _manifest(self, method, token, basic=None):
+        """HEAD or GET the manifest; returns ``(response, the Authorization sent)``."""
         auth = None
         if token:
             auth = "Bearer " + token
         elif basic:
-            auth = _basic_auth(*basic)
-        return self._request("HEAD", self.url, {"Accept": MANIFEST_ACCEPT}, auth)
+            auth = _basic_auth(basic.user, basic.password)
+        return self._request(method, self.url, {"Accept": MANIFEST_ACCEPT}, auth,
+                             read_body=method == "GET", too_large="digest_unknown"), auth
+
+    def _digest_of_manifest(self, auth):
+        """The sha256 of the manifest's bytes (the registry sent no digest header)."""
+        import hashlib  # HTTP stack: only for a registry that sends no digest
+        resp = self._request("GET", self.url, {"Accept": MANIFEST_ACCEPT}, auth,
+                             read_body=True, too_large="digest_unknown")
+        if resp.status != 200:
+            raise _AttemptFailed(_Outcome(
+                "digest_unknown", "the registry sent no Docker-Content-Digest and answered %d"
+                " to GET the manifest" % resp.status))
+        digest = (resp.headers.get("Docker-Content-Digest") or "").strip()
+        if not is_digest(digest):
+            digest = "sha256:" + hashlib.sha256(resp.body).hexdigest()
+        self.log("probe %s: no Docker-Content-Digest on HEAD; the manifest's sha256 is %s"
+                 % (self.ref.text, digest))
+        return digest
 
     def _fetch_token(self, params):
-        """Exchange a Bearer challenge for a pull token (Docker token protocol)."""
+        """Exchange a Bearer challenge for a pull token (Docker token protocol; the
+        OAuth2 refresh-token grant when the Docker config holds an identity token)."""
         realm = params.get("realm") or ""
-        parts = _http_url_parts(realm)
+        parts, _ = _split_http_url(realm)
         if parts is None:
             raise _AttemptFailed(_Outcome("token_failed", "the Bearer challenge of %s has no"
                                           " usable realm: %r" % (self.host, realm[:200])))
@@ -1389,20 +1650,30 @@ class RegistryProbe:
         if params.get("service"):
             query["service"] = params["service"]
         query["scope"] = params.get("scope") or "repository:%s:pull" % self.ref.path
-        url = realm + ("&" if parts.query else "?") + urlencode(query)
-        auth = None
         creds = self._credentials()
-        if creds is not None:
-            if parts.scheme == "https" or _is_loopback(parts.hostname):
-                auth = _basic_auth(*creds)
-            else:
-                self.log("not sending credentials for %s to the plain-http token realm %s"
-                         % (self.host, parts.netloc))
-        resp = self._request("GET", url, {"Accept": "application/json"}, auth,
-                             read_body=True, host=parts.netloc)
+        if creds is not None and not (parts.scheme == "https" or _is_loopback(parts.hostname)):
+            self.log("not sending credentials for %s to the plain-http token realm %s"
+                     % (self.host, parts.netloc))
+            creds = None
+        if creds is not None and creds.identity_token:
+            form = dict(query, grant_type="refresh_token", client_id="bump_image",
+                        refresh_token=creds.identity_token)
+            resp = self._request("POST", realm, {
+                "Accept": "application/json",
+                "Content-Type": "application/x-www-form-urlencoded"}, None, read_body=True,
+                host=parts.netloc, data=urlencode(form).encode("ascii"))
+        else:
+            auth = _basic_auth(creds.user, creds.password) if creds is not None else None
+            url = realm + ("&" if parts.query else "?") + urlencode(query)
+            resp = self._request("GET", url, {"Accept": "application/json"}, auth,
+                                 read_body=True, host=parts.netloc)
+        if resp.status == 429:
+            raise _AttemptFailed(_Outcome(
+                "rate_limited", "token endpoint %s answered 429 Too Many Requests"
+                % parts.netloc, retry_after=parse_retry_after(resp.headers.get("Retry-After"))))
         if resp.status != 200:
             what = "rejected the credentials for %s" % self.host if (
-                auth and resp.status in (401, 403)) else "answered %d" % resp.status
+                creds is not None and resp.status in (401, 403)) else "answered %d" % resp.status
             raise _AttemptFailed(_Outcome("token_failed", "token endpoint %s %s"
                                           % (parts.netloc, what)))
         try:
@@ -1417,33 +1688,39 @@ class RegistryProbe:
                                           " a token" % parts.netloc))
         lifetime = data.get("expires_in")
         if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) \
-                or not TOKEN_MIN_LIFETIME <= lifetime <= TOKEN_MAX_LIFETIME:
+                or lifetime != lifetime or lifetime < TOKEN_MIN_LIFETIME:
             lifetime = TOKEN_MIN_LIFETIME
-        self.token = (token, self.clock() + max(TOKEN_MIN_LIFETIME, lifetime) - 5)
+        lifetime = min(lifetime, TOKEN_MAX_LIFETIME)
+        self.token = (token, self.clock() + lifetime - 5)
         return token
 
-    def _request(self, method, url, headers, auth, read_body=False, host=None):
+    def _request(self, method, url, headers, auth, read_body=False, host=None, data=None,
+                 too_large="token_failed"):
         import http.client  # HTTP/TLS stack: loaded only for a probe
         import urllib.error
         import urllib.request
         host = host or self.host
+        timeout = self.timeout
+        left = self._left()
+        if left is not None:
+            timeout = max(0.1, min(timeout, left))
         # the base URL was validated as http(s); the path is built from checked parts
-        req = urllib.request.Request(url, method=method, headers=dict(  # noqa: S310
+        req = urllib.request.Request(url, data=data, method=method, headers=dict(  # noqa: S310
             headers, **{"User-Agent": "bump_image/" + __version__}))
         if auth:
             req.add_unredirected_header("Authorization", auth)
-        deadline = self.clock() + self.timeout
+        deadline = self.clock() + timeout
         # the whole request's deadline: when it passes, the watchdog shuts the
         # request's sockets down, which ends any read that is still waiting
         expired, watchdog = [], None
         registry = getattr(self.opener, "sockets", None)
         if registry is not None:
-            watchdog = threading.Timer(self.timeout, _expire, (registry.start(), expired))
+            watchdog = threading.Timer(timeout, _expire, (registry.start(), expired))
             watchdog.daemon = True
             watchdog.start()
         try:
             try:
-                resp = self.opener.open(req, timeout=self.timeout)
+                resp = self.opener.open(req, timeout=timeout)
             except urllib.error.HTTPError as err:
                 if 300 <= err.code < 400:
                     _close_quietly(err)
@@ -1460,7 +1737,7 @@ class RegistryProbe:
                         raise TimeoutError("the body was not read in time")
                     if len(body) > BODY_LIMIT:
                         raise _AttemptFailed(_Outcome(
-                            "token_failed", "the answer of %s is larger than %d bytes"
+                            too_large, "the answer of %s is larger than %d bytes"
                             % (host, BODY_LIMIT)))
                 return _Response(status, resp.headers, body)
             finally:
@@ -1469,7 +1746,7 @@ class RegistryProbe:
             raise
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             error = TimeoutError("the request did not finish in time") if expired else exc
-            raise _AttemptFailed(classify_transport_error(error, host, self.timeout))
+            raise _AttemptFailed(classify_transport_error(error, host, timeout))
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -1483,7 +1760,7 @@ def _close_quietly(resp):
 
 
 # --------------------------------------------------------------------------
-# 7. Deployments: pure decisions
+# 7. Workloads: pure decisions
 # --------------------------------------------------------------------------
 
 
@@ -1500,59 +1777,84 @@ def _conditions(obj):
             if isinstance(c, dict)}
 
 
-def _generation_observed(obj):
-    """False while the controller has not seen the latest spec."""
-    generation = _meta(obj).get("generation") or 0
-    return ((obj.get("status") or {}).get("observedGeneration") or 0) >= generation
+def _pod_template(obj):
+    return (obj.get("spec") or {}).get("template") or {}
 
 
-def _progress_deadline_exceeded(obj):
-    """The ``Progressing`` condition when its reason is ProgressDeadlineExceeded."""
-    progressing = _conditions(obj).get("Progressing") or {}
-    return progressing if progressing.get("reason") == "ProgressDeadlineExceeded" else None
+def _update_strategy(obj):
+    """``RollingUpdate`` or ``OnDelete`` (a Deployment's strategy is never OnDelete)."""
+    spec = obj.get("spec") or {}
+    return (spec.get("updateStrategy") or {}).get("type") or "RollingUpdate"
 
 
 @dataclass
 class Plan:
-    """What to do with one Deployment: which containers, and which need the image."""
+    """What to do with one workload: which containers, and which need the image."""
 
     containers: list               # [name] checked or updated
     changes: list                  # [(list key, name)] to set
-    previous_image: str            # the first chosen container's image before the run
+    previous: dict                 # {name: image} of the chosen containers before the run
 
     @property
     def at_target(self):
         return not self.changes
 
+    @property
+    def previous_image(self):
+        """The first chosen container's image before the run."""
+        return self.previous[self.containers[0]]
 
-def plan_deployment(deployment, target, container=None):
-    """Choose containers and compare images (pure); raise ``ContainerNotFound``.
 
-    With ``container``: that regular or init container.  Otherwise every container
-    and init container whose repository is the target's, else the first container.
+def _container_entries(obj):
+    pod = _pod_template(obj).get("spec") or {}
+    return ([("containers", c) for c in pod.get("containers") or [] if isinstance(c, dict)]
+            + [("initContainers", c) for c in pod.get("initContainers") or []
+               if isinstance(c, dict)])
+
+
+def _names(entries, key):
+    return ", ".join(str(c.get("name")) for k, c in entries if k == key) or "none"
+
+
+def plan_containers(obj, workload, target, container=None):
+    """Choose the containers to update and compare their images (pure); raise
+    ``ContainerNotFound`` or ``ContainerAmbiguous``.
+
+    In this order: the payload's ``container`` (regular or init); every container
+    and init container whose repository is the target's; the container named by
+    the ``kubectl.kubernetes.io/default-container`` annotation (on the pod
+    template, or on the workload); the only regular container.  Never "the first".
     """
-    name = _meta(deployment).get("name", "?")
-    pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
-    entries = [("containers", c) for c in pod.get("containers") or [] if isinstance(c, dict)]
-    entries += [("initContainers", c) for c in pod.get("initContainers") or []
-                if isinstance(c, dict)]
+    what = '%s "%s"' % (workload.title, workload.name)
+    entries = _container_entries(obj)
+    listing = "containers: %s%s" % (_names(entries, "containers"), (
+        "; init containers: " + _names(entries, "initContainers"))
+        if any(k == "initContainers" for k, _ in entries) else "")
     if container is not None:
         chosen = [e for e in entries if e[1].get("name") == container]
         if not chosen:
-            regular = [c.get("name") for k, c in entries if k == "containers"]
-            init = [c.get("name") for k, c in entries if k == "initContainers"]
-            raise ContainerNotFound('Deployment "%s" has no container "%s" (containers: %s%s)'
-                                    % (name, container, ", ".join(map(str, regular)) or "none",
-                                       "; init containers: " + ", ".join(map(str, init))
-                                       if init else ""))
+            raise ContainerNotFound('%s has no container "%s" (%s)' % (what, container, listing))
     else:
         chosen = [e for e in entries if _same_repository(e[1].get("image"), target)]
+        named = (_annotations(_pod_template(obj)).get(DEFAULT_CONTAINER)
+                 or _annotations(obj).get(DEFAULT_CONTAINER))
+        if not chosen and named:
+            chosen = [e for e in entries if e[1].get("name") == named]
+        regular = [e for e in entries if e[0] == "containers"]
+        if not chosen and len(regular) == 1:
+            chosen = regular
         if not chosen:
-            chosen = [e for e in entries if e[0] == "containers"][:1]
-        if not chosen:
-            raise ContainerNotFound('Deployment "%s" has no containers' % name)
+            if not entries:
+                raise ContainerNotFound("%s has no containers" % what)
+            raise ContainerAmbiguous(
+                "%s has %d containers (%s), none runs %s%s: not changed; name the one to"
+                ' update with "container", or annotate the pod template with %s'
+                % (what, len(regular), listing, target.name, (
+                    ' and its %s annotation names "%s", which it does not have'
+                    % (DEFAULT_CONTAINER, named)) if named else "", DEFAULT_CONTAINER))
     changes = [(k, c.get("name")) for k, c in chosen if not _at_target(c.get("image"), target)]
-    return Plan([c.get("name") for _, c in chosen], changes, chosen[0][1].get("image"))
+    return Plan([c.get("name") for _, c in chosen], changes,
+                {c.get("name"): c.get("image") for _, c in chosen})
 
 
 def _same_repository(image, target):
@@ -1577,41 +1879,96 @@ def build_patch(plan, image, cause):
             "spec": {"template": {"spec": spec}}}
 
 
-def rollout_verdict(deployment):
-    """``(done, message, failed)`` for a Deployment, like kubectl's rollout status.
+# -- rollout verdicts: kubectl's status viewers as pure functions -------------------
 
-    The ladder: generation not observed → waiting; progress deadline exceeded →
-    failed; fewer updated replicas than wanted, old replicas still there, or
-    updated replicas not yet available → waiting; else done.
-    """
-    name = _meta(deployment).get("name", "?")
-    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
-    if not _generation_observed(deployment):
-        return False, "waiting for the rollout of %s to be observed" % name, False
-    if _progress_deadline_exceeded(deployment):
+def _deployment_verdict(obj, name, spec, status):
+    progressing = _conditions(obj).get("Progressing") or {}
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
         return False, 'deployment "%s" exceeded its progress deadline' % name, True
-    want = spec.get("replicas", 1)
-    updated = status.get("updatedReplicas") or 0
-    total = status.get("replicas") or 0
-    available = status.get("availableReplicas") or 0
-    if updated < want:
-        return False, "%d of %d updated replicas are available" % (updated, want), False
+    want, updated = spec.get("replicas"), status.get("updatedReplicas") or 0
+    total, available = status.get("replicas") or 0, status.get("availableReplicas") or 0
+    waiting = 'Waiting for deployment "%s" rollout to finish: ' % name
+    if want is not None and updated < want:
+        return False, waiting + "%d out of %d new replicas have been updated..." % (
+            updated, want), False
     if total > updated:
-        return False, "%d old replicas are pending termination" % (total - updated), False
+        return False, waiting + "%d old replicas are pending termination..." % (
+            total - updated), False
     if available < updated:
-        return False, "%d of %d updated replicas are available" % (available, updated), False
+        return False, waiting + "%d of %d updated replicas are available..." % (
+            available, updated), False
     return True, 'deployment "%s" successfully rolled out' % name, False
 
 
+def _statefulset_verdict(obj, name, spec, status):
+    want, ready = spec.get("replicas"), status.get("readyReplicas") or 0
+    updated = status.get("updatedReplicas") or 0
+    if want is not None and ready < want:
+        return False, "Waiting for %d pods to be ready..." % (want - ready), False
+    rolling = spec.get("updateStrategy") or {}
+    if rolling.get("rollingUpdate") is not None:
+        partition = rolling["rollingUpdate"].get("partition")
+        if want is not None and partition is not None and updated < want - partition:
+            return False, ("Waiting for partitioned roll out to finish: %d out of %d new pods"
+                           " have been updated..." % (updated, want - partition)), False
+        return True, "partitioned roll out complete: %d new pods have been updated..." % (
+            updated), False
+    if status.get("updateRevision") != status.get("currentRevision"):
+        return False, ("waiting for statefulset rolling update to complete %d pods at revision"
+                       " %s..." % (updated, status.get("updateRevision"))), False
+    return True, "statefulset rolling update complete %d pods at revision %s..." % (
+        status.get("currentReplicas") or 0, status.get("currentRevision")), False
+
+
+def _daemonset_verdict(obj, name, spec, status):
+    desired = status.get("desiredNumberScheduled") or 0
+    waiting = 'Waiting for daemon set "%s" rollout to finish: ' % name
+    if (status.get("updatedNumberScheduled") or 0) < desired:
+        return False, waiting + "%d out of %d new pods have been updated..." % (
+            status.get("updatedNumberScheduled") or 0, desired), False
+    if (status.get("numberAvailable") or 0) < desired:
+        return False, waiting + "%d of %d updated pods are available..." % (
+            status.get("numberAvailable") or 0, desired), False
+    return True, 'daemon set "%s" successfully rolled out' % name, False
+
+
+_VERDICTS = {"Deployment": _deployment_verdict, "StatefulSet": _statefulset_verdict,
+             "DaemonSet": _daemonset_verdict}
+
+
+def rollout_verdict(obj):
+    """``(done, message, failed)`` for a Deployment, StatefulSet or DaemonSet, as
+    ``kubectl rollout status`` judges it (its status viewers, as a ladder of
+    guards): the spec not yet observed → waiting; a Deployment past its progress
+    deadline → failed; then per kind: replicas updated, old ones gone, updated
+    ones available (Deployment); pods ready and the partition's pods updated, or
+    the update revision current (StatefulSet); pods updated and available
+    (DaemonSet).  OnDelete workloads are the caller's: kubectl refuses them.
+    """
+    kind = obj.get("kind") or "Deployment"
+    name = _meta(obj).get("name", "?")
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    generation = _meta(obj).get("generation") or 0
+    observed = status.get("observedGeneration") or 0
+    if observed < generation or (kind == "StatefulSet" and not observed):
+        return False, "Waiting for %s spec update to be observed..." % {
+            "Deployment": "deployment", "StatefulSet": "statefulset",
+            "DaemonSet": "daemon set"}.get(kind, kind), False
+    return _VERDICTS.get(kind, _deployment_verdict)(obj, name, spec, status)
+
+
+# -- what to do with one workload --------------------------------------------------
+
 @dataclass
 class Decision:
-    """What to do with one Deployment (``decide``'s answer).
+    """What to do with one workload (``decide``'s answer).
 
     ``action``: ``skip`` (a default that is not there), ``refuse`` (an error with
     ``code`` and ``message``, nothing sent), ``unchanged``, ``wait`` (at the target,
     its rollout still running), ``plan`` (dry run: would change) or ``patch``
-    (send ``plan``'s change, then wait for the rollout when ``wait`` is true, else
-    finish as ``code``/``message`` say).  ``log`` is the progress line.
+    (send ``plan``'s change, then wait for the rollout when ``wait`` is true; else
+    it is ``changed`` with nothing to wait for, and ``note`` says why).  ``log`` is
+    the progress line.
     """
 
     action: str
@@ -1620,33 +1977,47 @@ class Decision:
     plan: Plan = None
     wait: bool = False
     log: str = None
+    note: str = None
 
 
-def decide(name, deployment, target, container, listed, dry_run, namespace):
-    """What to do with one Deployment (pure): its object as read (None when it is
-    not there), the target ``ImageRef``, the payload's ``container`` (or None),
-    whether it was listed explicitly, and whether this is a dry run.  Raises
-    nothing: every problem is a ``refuse``."""
-    if deployment is None:
+def decide(workload, obj, target, container=None, dry_run=False, namespace=DEFAULT_NAMESPACE,
+           listed=True):
+    """What to do with one workload (pure): the ``Workload``, its object as read
+    (None when it is not there), the target ``ImageRef``, the payload's
+    ``container`` (or None), whether this is a dry run, the namespace, and whether
+    the payload listed it (a missing default is skipped).  Raises nothing: every
+    problem is a ``refuse``.
+
+    The ladder: not there → skip or ``not_found``; containers → ``plan_containers``
+    (``container_not_found``, ``container_ambiguous``); at the target → unchanged
+    (also scaled to zero, or OnDelete), waiting for an unfinished rollout, or the
+    rollout's failure or pause; otherwise paused → ``deployment_paused``; dry run →
+    plan; scaled to zero or OnDelete → patch without waiting; else patch and wait.
+    """
+    name, kind = workload.name, workload.kind
+    if obj is None:
         if listed:
-            return Decision("refuse", "not_found", 'Deployment "%s" not found in namespace'
-                            ' "%s"' % (name, namespace))
+            return Decision("refuse", "not_found", '%s "%s" not found in namespace "%s"'
+                            % (workload.title, name, namespace))
         return Decision("skip", log="%s: not found in namespace %s, skipped (a default)"
-                        % (name, namespace))
+                        % (workload.key, namespace))
     try:
-        plan = plan_deployment(deployment, target, container)
-    except ContainerNotFound as exc:
+        plan = plan_containers(obj, workload, target, container)
+    except (ContainerNotFound, ContainerAmbiguous) as exc:
         return Decision("refuse", exc.code, exc.message)
-    spec = deployment.get("spec") or {}
-    paused, replicas = bool(spec.get("paused")), spec.get("replicas", 1)
+    spec = obj.get("spec") or {}
+    paused = kind == "deployment" and bool(spec.get("paused"))
+    scaled_to_zero = kind != "daemonset" and spec.get("replicas", 1) == 0
+    on_delete = kind != "deployment" and _update_strategy(obj) == "OnDelete"
+    key = workload.key
     if plan.at_target:
-        done, message, failed = rollout_verdict(deployment)
-        if replicas == 0:
-            return Decision("refuse", "scaled_to_zero", "already at the target, but"
-                            " spec.replicas is 0: no pod runs it", plan)
+        if scaled_to_zero or on_delete:
+            why = "replicas: 0" if scaled_to_zero else "updateStrategy OnDelete, not waited for"
+            return Decision("unchanged", plan=plan, log="%s: already at %s (%s)"
+                            % (key, target.text, why))
+        done, message, failed = rollout_verdict(obj)
         if done:
-            return Decision("unchanged", plan=plan, log="%s: already at %s"
-                            % (name, target.text))
+            return Decision("unchanged", plan=plan, log="%s: already at %s" % (key, target.text))
         if failed:
             return Decision("refuse", "rollout_failed", "already at the target, but its"
                             " rollout failed: " + message, plan)
@@ -1656,9 +2027,9 @@ def decide(name, deployment, target, container, listed, dry_run, namespace):
                             % name, plan)
         if dry_run:
             return Decision("unchanged", plan=plan, log="%s: at the target, rollout still in"
-                            " progress (%s); dry run, not waiting" % (name, message))
+                            " progress (%s); dry run, not waiting" % (key, message))
         return Decision("wait", plan=plan, log="%s: already at the target; its rollout is not"
-                        " complete, waiting (%s)" % (name, message))
+                        " complete, waiting (%s)" % (key, message))
     if paused:
         return Decision("refuse", "deployment_paused", "the Deployment is paused; not changed"
                         " (resume it with kubectl rollout resume deployment/%s -n %s and run"
@@ -1666,37 +2037,65 @@ def decide(name, deployment, target, container, listed, dry_run, namespace):
     changes = ", ".join("%s=%s" % (n, target.text) for _, n in plan.changes)
     if dry_run:
         return Decision("plan", plan=plan, log="%s: would set %s (now %s)"
-                        % (name, changes, plan.previous_image))
-    log = "%s: setting %s (was %s)" % (name, changes, plan.previous_image)
-    if replicas == 0:
-        return Decision("patch", "scaled_to_zero", "template set to %s, but spec.replicas is"
-                        " 0: no pod runs it" % target.text, plan, log=log)
+                        % (key, changes, plan.previous_image))
+    log = "%s: setting %s (was %s)" % (key, changes, plan.previous_image)
+    if scaled_to_zero:
+        return Decision("patch", plan=plan, log=log, note="%s: spec.replicas is 0: the"
+                        " template now names %s and no pod runs it; it will when scaled up"
+                        " (nothing to wait for, verified: null)" % (key, target.text))
+    if on_delete:
+        return Decision("patch", plan=plan, log=log, note="%s: updateStrategy is OnDelete:"
+                        " the template now names %s, and each pod takes it when it is deleted"
+                        " (nothing to wait for, verified: null)" % (key, target.text))
     return Decision("patch", plan=plan, wait=True, log=log)
 
 
-def _owned_by(obj, owner):
-    uid = _meta(owner).get("uid")
-    for ref in _meta(obj).get("ownerReferences") or []:
-        if uid and ref.get("uid") == uid:
-            return True
-        if not uid and ref.get("name") == _meta(owner).get("name") and \
-                ref.get("kind") == owner.get("kind"):
-            return True
-    return False
+# -- the pods of a rollout: diagnosis and verification -------------------------------
+
+def union_selector(selectors):
+    """One label selector that every object matching any of ``selectors`` (each a
+    ``matchLabels`` dict) matches, for a single narrowed read: the keys they all
+    share, ``key=value`` or ``key in (v1,v2)``.  None when there is no such key
+    (then the namespace is read whole).  It may match more; callers filter by owner.
+    """
+    if not selectors or not all(selectors):
+        return None
+    shared = set.intersection(*(set(s) for s in selectors))
+    parts = []
+    for key in sorted(shared):
+        values = sorted({str(s[key]) for s in selectors})
+        parts.append("%s=%s" % (key, values[0]) if len(values) == 1
+                     else "%s in (%s)" % (key, ",".join(values)))
+    return ",".join(parts) or None
 
 
-def new_replicaset(deployment, replicasets):
-    """The Deployment's current ReplicaSet: owned by it, at its revision."""
-    revision = _annotations(deployment).get(REVISION)
-    owned = [rs for rs in replicasets if _owned_by(rs, deployment)]
-    for rs in owned:
-        if revision is not None and _annotations(rs).get(REVISION) == revision:
-            return rs
-    return None
+def _owned_by(obj, uid):
+    return any(ref.get("uid") == uid for ref in _meta(obj).get("ownerReferences") or [])
 
 
-def _active_pods(rs, pods):
-    return [p for p in pods if _owned_by(p, rs) and not _meta(p).get("deletionTimestamp")
+def _runs(template_or_pod, expected):
+    """True when a pod (or pod template) sets each container in ``expected``
+    (``{name: image}``) to that image."""
+    entries = {c.get("name"): c.get("image") for _, c in _container_entries(
+        {"spec": {"template": template_or_pod}})}
+    for name, image in expected.items():
+        have = entries.get(name)
+        ref, want = parse_image_or_none(have or ""), parse_image_or_none(image)
+        if not (have == image or (ref is not None and want is not None
+                                  and want.same_image(ref))):
+            return False
+    return True
+
+
+def new_pods(uid, expected, replicasets, pods):
+    """The active pods of a workload's new revision (pure): owned by the workload
+    (``uid``), directly or through a ReplicaSet it owns, whose spec sets each
+    container of ``expected`` (``{name: image}``) to that image.  Terminating and
+    completed pods are left out."""
+    owners = {uid} | {_meta(rs).get("uid") for rs in replicasets if _owned_by(rs, uid)}
+    return [p for p in pods
+            if any(_owned_by(p, owner) for owner in owners) and _runs(p, expected)
+            and not _meta(p).get("deletionTimestamp")
             and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
 
 
@@ -1706,58 +2105,56 @@ def _statuses(pod):
             + list(status.get("containerStatuses") or []))
 
 
-def diagnose(deployment, replicasets, pods):
-    """Problems that stop a rollout now (pure): ``[(key, message, immediate)]``.
+def diagnose(workload_obj, uid, expected, replicasets, pods):
+    """Problems that stop a rollout (pure): ``[(key, message, immediate)]``, ``key``
+    identifying a problem across reads.
 
-    A container of the new ReplicaSet's pods waiting in a reason such as
-    ImagePullBackOff or CrashLoopBackOff, or a ``ReplicaFailure`` condition: the
-    caller stops the wait once such a problem has lasted ``fail_fast_seconds``
-    (``immediate`` False).  ``ProgressDeadlineExceeded`` stops it at once
-    (``immediate`` True).  ``key`` identifies a problem across reads.
+    A container of the new revision's pods waiting in a reason such as
+    ImagePullBackOff or CrashLoopBackOff, or a ``ReplicaFailure`` condition on the
+    Deployment or its new ReplicaSet: the caller stops the wait once such a problem
+    has lasted ``fail_fast_seconds``.  A Deployment past its progress deadline
+    (when the read found it) stops it at once (``immediate``).
     """
-    name = _meta(deployment).get("name", "?")
-    if not _generation_observed(deployment):
-        return []
-    problems = []
-    progressing = _progress_deadline_exceeded(deployment)
-    if progressing:
-        problems.append(((name, "deadline"), "ProgressDeadlineExceeded: %s" % (
-            progressing.get("message") or "the progress deadline passed"), True))
-    failure = _conditions(deployment).get("ReplicaFailure") or {}
-    if failure.get("status") == "True":
-        problems.append(((name, "replica-failure"), "ReplicaFailure: %s: %s" % (
+    problems, failures = [], []
+    if workload_obj is not None:
+        done, message, failed = rollout_verdict(workload_obj)
+        if failed:
+            progressing = _conditions(workload_obj).get("Progressing") or {}
+            problems.append(((uid, "deadline"), "ProgressDeadlineExceeded: %s" % (
+                progressing.get("message") or message), True))
+        failures.append(_conditions(workload_obj).get("ReplicaFailure"))
+    failures += [_conditions(rs).get("ReplicaFailure") for rs in replicasets
+                 if _owned_by(rs, uid) and _runs(_pod_template(rs), expected)]
+    failure = next((f for f in failures if f and f.get("status") == "True"), None)
+    if failure:
+        problems.append(((uid, "replica-failure"), "ReplicaFailure: %s: %s" % (
             failure.get("reason") or "FailedCreate", failure.get("message") or ""), False))
-    rs = new_replicaset(deployment, replicasets)
-    if rs is None:
-        return problems
-    for pod in _active_pods(rs, pods):
+    for pod in new_pods(uid, expected, replicasets, pods):
         pod_name = _meta(pod).get("name", "?")
         for cs in _statuses(pod):
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
             if reason in BAD_WAITING_REASONS:
                 key = (pod_name, cs.get("name"), _REASON_CLASS.get(reason, reason))
-                text = "%s: %s (pod %s, container %s)" % (
+                problems.append((key, "%s: %s (pod %s, container %s)" % (
                     reason, (waiting.get("message") or "").strip() or "no message",
-                    pod_name, cs.get("name"))
-                problems.append((key, text, False))
+                    pod_name, cs.get("name")), False))
     return problems
 
 
-def verify_pods(deployment, replicasets, pods, containers, target, digest):
-    """Do the new ReplicaSet's pods run the target? ``(True|False|None, reason)``.
+def verify_pods(pods, containers, target, digest):
+    """Do the new revision's ``pods`` run the target? ``(True|False|None, reason)``.
 
-    Terminating and completed pods are ignored; each named container (regular or
-    init) must report the target repository and, when the probe saw a digest, an
-    ``imageID`` carrying it.  None when there are no pods to check.
+    Each named container (regular or init) must report the target repository and,
+    when a digest is known, carry it: in ``imageID`` (containerd, Docker) or, when
+    the target is pinned to it, in the reported image reference (CRI-O reports the
+    per-platform digest as ``imageID`` when an index digest was pinned).  None when
+    there are no pods to check.
     """
-    rs = new_replicaset(deployment, replicasets)
-    if rs is None:
-        return None, "no current ReplicaSet found"
-    active = _active_pods(rs, pods)
-    if not active:
-        return None, "no running pods to check"
-    for pod in active:
+    if not pods:
+        return None, "no running pods of the new revision to check"
+    by_reference = 0
+    for pod in pods:
         pod_name = _meta(pod).get("name", "?")
         by_name = {cs.get("name"): cs for cs in _statuses(pod)}
         for cname in containers:
@@ -1773,15 +2170,25 @@ def verify_pods(deployment, replicasets, pods, containers, target, digest):
                 return False, "pod %s container %s runs %s, not %s" % (
                     pod_name, cname, image, target.text)
             if digest:
-                if not (image_id.endswith("@" + digest) or image_id == digest):
-                    return False, "pod %s container %s runs %s, not digest %s" % (
-                        pod_name, cname, image_id or "an unknown image ID", digest)
+                if image_id.endswith("@" + digest) or image_id == digest:
+                    continue
+                if target.digest == digest and ref is not None and ref.digest == digest:
+                    by_reference += 1
+                    continue
+                return False, "pod %s container %s runs %s, not digest %s" % (
+                    pod_name, cname, image_id or "an unknown image ID", digest)
             elif ref is not None and not ref.digest and ref.tag and target.tag and \
                     ref.tag != target.tag:
                 return False, "pod %s container %s runs %s, not %s" % (
                     pod_name, cname, image, target.text)
-    return True, "%d pod%s run%s the target" % (
-        len(active), "" if len(active) == 1 else "s", "s" if len(active) == 1 else "")
+    how = ""
+    if digest:
+        how = " (digest matched by imageID)" if not by_reference else (
+            " (digest matched by the pinned image reference for %d container%s: their imageID"
+            " is another digest, the per-platform one CRI-O reports)"
+            % (by_reference, "" if by_reference == 1 else "s"))
+    return True, "%d pod%s run%s the target%s" % (
+        len(pods), "" if len(pods) == 1 else "s", "s" if len(pods) == 1 else "", how)
 
 
 # --------------------------------------------------------------------------
@@ -1799,17 +2206,45 @@ class Completed:
     timed_out: bool = False
 
 
+def _parent_death_signal():
+    """A ``preexec_fn`` that makes the child die with SIGKILL when this process
+    dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``); None where that is not
+    available.  ctypes (4 ms of import) is loaded only here, when kubectl is about
+    to run for the first time."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes  # platform facility, loaded on first use (see the docstring)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def die_with_parent():
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:      # the parent died before the call took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+    return die_with_parent
+
+
 class ProcessRunner:
     """Runs kubectl: an argument list (never a shell), a deadline on every call,
-    the child killed when the deadline passes, on ``kill()`` or on an interrupt.
+    the child's process group killed when the deadline passes, on ``kill()``, or
+    when ``stopped()`` turns true (an interrupt: ``Interrupted`` is raised).
+
+    A call returns when kubectl exits, even if something it started keeps its
+    output open (the rest of its group is then killed after a short grace).  On
+    Linux the children die with this process, even when it is killed with SIGKILL.
 
     A runner is any callable ``runner(argv, timeout=, env=, tag=) -> Completed``;
     ``resolve(binary, env)`` and ``kill(tag=None)`` are used when present.
     """
 
-    def __init__(self):
+    def __init__(self, stopped=None):
         self._lock = threading.RLock()
         self._live = {}
+        self.stopped = stopped or (lambda: None)
+        self._preexec = _parent_death_signal()
 
     @staticmethod
     def resolve(binary, env):
@@ -1817,27 +2252,45 @@ class ProcessRunner:
         return shutil.which(binary, path=(env or os.environ).get("PATH", os.defpath))
 
     def __call__(self, argv, timeout, env=None, tag=None):
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, start_new_session=True)
-        with self._lock:
+        signum = self.stopped()
+        if signum:
+            raise Interrupted(signum)
+        with self._lock:        # registered before anything else can happen to it
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env, start_new_session=True,
+                                    preexec_fn=self._preexec)  # noqa: PLW1509 - see docstring
             self._live[proc] = tag
         try:
-            try:
-                out, err = proc.communicate(timeout=timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                out, err = proc.communicate()
-                timed_out = True
-        except BaseException:
-            _kill_group(proc)
-            proc.wait()
-            raise
+            out, err, timed_out = self._wait(proc, time.monotonic() + timeout)
         finally:
             with self._lock:
                 self._live.pop(proc, None)
-        return Completed(proc.returncode, (out or b"").decode("utf-8", "replace"),
-                         (err or b"").decode("utf-8", "replace"), timed_out)
+        return Completed(proc.returncode, out.decode("utf-8", "replace"),
+                         err.decode("utf-8", "replace"), timed_out)
+
+    def _wait(self, proc, deadline):
+        """Collect the output until the child exits (then a short grace for what it
+        left running) or the deadline passes (then its group is killed)."""
+        exited_at = None
+        while True:
+            try:
+                out, err = proc.communicate(timeout=_POLL)
+                return out or b"", err or b"", False
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            signum = self.stopped()
+            if signum or now >= deadline:
+                _kill_group(proc)
+                out, err = _drain(proc)
+                if signum:
+                    raise Interrupted(signum)
+                return out, err, exited_at is None
+            if exited_at is None and _exited(proc):
+                exited_at = now
+            elif exited_at is not None and now - exited_at >= _PIPE_GRACE:
+                _kill_group(proc)       # kubectl is done; a grandchild holds its output
+                return _drain(proc) + (False,)
 
     def kill(self, tag=None):
         """Kill the running children started with ``tag`` (all when None)."""
@@ -1845,6 +2298,37 @@ class ProcessRunner:
             procs = [p for p, t in self._live.items() if tag is None or t == tag]
         for proc in procs:
             _kill_group(proc)
+
+
+_POLL = 0.05          # seconds between checks of a running child
+_PIPE_GRACE = 0.5     # seconds to wait for output after the child itself exited
+_PR_SET_PDEATHSIG = 1
+
+
+def _exited(proc):
+    """True once the child has exited; where possible it is left unreaped, so that
+    its process group can still be found and killed."""
+    if proc.returncode is None and hasattr(os, "waitid"):
+        try:
+            flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+            return os.waitid(os.P_PID, proc.pid, flags) is not None
+        except OSError:
+            pass
+    return proc.poll() is not None
+
+
+def _drain(proc):
+    """What is left of a killed child's output (bounded: a process that escaped its
+    group could hold the pipes forever)."""
+    try:
+        out, err = proc.communicate(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+        out, err = b"", b""
+    return out or b"", err or b""
 
 
 def _kill_group(proc):
@@ -1855,7 +2339,7 @@ def _kill_group(proc):
     ``proc.kill()``.
     """
     try:
-        if proc.poll() is None and os.getpgid(proc.pid) == proc.pid:
+        if os.getpgid(proc.pid) == proc.pid:
             os.killpg(proc.pid, signal.SIGKILL)
             return
     except (OSError, TypeError):
@@ -1879,22 +2363,35 @@ def kubectl_message(completed):
 
 
 class Kubectl:
-    """kubectl calls for one run: global flags, deadlines, errors as KubectlFailed."""
+    """kubectl calls for one run: global flags, deadlines (cut to what is left of
+    the run's own deadline), errors as ``KubectlFailed``."""
 
-    def __init__(self, settings, runner, env):
+    def __init__(self, settings, runner, env, time_left=None):
         self.runner = runner
         self.env = env
+        self.time_left = time_left or (lambda: None)
         self.base = [settings.kubectl]
         if settings.context:
             self.base.append("--context=" + settings.context)
         if settings.kubeconfig:
             self.base.append("--kubeconfig=" + settings.kubeconfig)
+        if not env.get("HOME"):
+            # no HOME (NoETL's distributed runtime): kubectl would put its discovery
+            # cache in ./.kube of whatever folder it runs in
+            self.base.append("--cache-dir=" + _private_cache_dir(env))
         self.ns = "--namespace=" + settings.namespace
 
+    def deadline(self, timeout):
+        """``timeout`` cut to what is left of the run's deadline."""
+        left = self.time_left()
+        return timeout if left is None else max(0.5, min(timeout, left))
+
     def call(self, args, timeout=KUBECTL_CALL_TIMEOUT, tag=None, request_timeout=True):
+        timeout = self.deadline(timeout)
         argv = self.base + list(args)
         if request_timeout:
-            argv.append("--request-timeout=%ds" % KUBECTL_REQUEST_TIMEOUT)
+            argv.append("--request-timeout=%ds" % max(1, min(KUBECTL_REQUEST_TIMEOUT,
+                                                             int(timeout))))
         try:
             return self.runner(argv, timeout=timeout, env=self.env, tag=tag)
         except OSError as exc:
@@ -1903,8 +2400,8 @@ class Kubectl:
     def checked(self, args, what):
         done = self.call(args)
         if done.timed_out:
-            raise KubectlFailed("kubectl %s did not finish within %g s" % (what,
-                                                                           KUBECTL_CALL_TIMEOUT))
+            raise KubectlFailed("kubectl %s did not finish within %g s"
+                                % (what, self.deadline(KUBECTL_CALL_TIMEOUT)))
         if done.returncode != 0:
             raise KubectlFailed(kubectl_message(done))
         return done
@@ -1929,6 +2426,24 @@ class Kubectl:
             kill(tag)
 
 
+def _private_cache_dir(env):
+    """A folder of this user's own for kubectl's cache, under ``$TMPDIR`` or /tmp:
+    a shared one when it is safely ours, else one for this process."""
+    base = os.path.join(env.get("TMPDIR") or "/tmp", "bump_image-kube-cache-%d" % os.getuid())  # noqa: S108
+    for path in (base, "%s-%d" % (base, os.getpid())):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            continue
+        info = os.lstat(path)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and \
+                not info.st_mode & 0o022:
+            return path
+    return os.path.join(base + "-%d" % os.getpid(), "cache")
+
+
 def _items(data):
     if data.get("kind", "").endswith("List") or "items" in data:
         return [i for i in data.get("items") or [] if isinstance(i, dict)]
@@ -1944,32 +2459,44 @@ def _silent(message):
     """The default progress sink of library use: nothing is printed."""
 
 
-class StderrProgress:
-    """Progress lines on a stream (stderr): ``bump_image: message``; threads may
-    write at once, a line is never torn."""
+class Progress:
+    """Progress lines on a stream (stderr), and on a log file when one is kept:
+    ``bump_image: message``; threads may write at once, a line is never torn."""
 
-    def __init__(self, stream):
-        self.stream = stream
+    def __init__(self, stream, also=None):
+        self.streams = [s for s in (stream, also) if s is not None]
         self._lock = threading.Lock()
 
     def __call__(self, message):
         with self._lock:
-            try:
-                self.stream.write("bump_image: %s\n" % message)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+            for stream in self.streams:
+                try:
+                    stream.write("bump_image: %s\n" % message)
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+
+
+class NoSignals:
+    """The signals of library use: none is ever received (``bump()`` installs no
+    handler)."""
+
+    def first(self):
+        return None
+
+    def count(self):
+        return 0
 
 
 @dataclass
 class Component:
-    """The result for one Deployment: its ``component`` output line (``event()``),
+    """The result for one workload: its ``component`` output line (``event()``),
     plus what the run needs to finish it."""
 
-    name: str
+    workload: Workload
     namespace: str
     image: str                     # the target as set (pinned with pin_digest)
-    digest: str                    # what the probe saw, or None
+    digest: str                    # what the probe of its image saw, or None
     started: float                 # clock() when its work began
     status: str = None             # None until finished
     previous_image: str = None
@@ -1979,8 +2506,21 @@ class Component:
     verified: bool = None          # True/False once its pods were checked, else None
     rolled_back: bool = False
     restored_image: str = None
-    revision: str = None           # the Deployment's revision before the change
+    revision: str = None           # a Deployment's revision before the change
+    uid: str = None                # the workload object's uid, once read
+    selector: dict = None          # its spec.selector.matchLabels
+    previous: dict = None          # {container: image} before the change
     rolled_out: bool = False       # a rollout was waited for: check its pods
+
+    @property
+    def name(self):
+        return self.workload.name
+
+    @property
+    def target(self):
+        """The target as an ``ImageRef`` (pinned with pin_digest, so that a rerun
+        finds ``repo:tag@digest`` already in place)."""
+        return parse_image(self.image)
 
     def finish(self, status, clock):
         self.status = status
@@ -1992,8 +2532,8 @@ class Component:
         self.finish("error", clock)
 
     def event(self):
-        return {"event": "component", "component": self.name, "namespace": self.namespace,
-                "status": self.status, "image": self.image,
+        return {"event": "component", "component": self.name, "kind": self.workload.kind,
+                "namespace": self.namespace, "status": self.status, "image": self.image,
                 "previous_image": self.previous_image, "containers": self.containers,
                 "duration_seconds": self.duration, "error": self.error,
                 "digest": self.digest, "verified": self.verified,
@@ -2002,34 +2542,61 @@ class Component:
 
 @dataclass
 class _Wait:
-    """One rollout being waited for."""
+    """One rollout being waited for: a change, an unfinished rollout found at the
+    target ("existing"), or a rollback."""
 
     comp: Component
     deadline: float                # clock() value
     timeout: float                 # seconds, as the payload gave them
     purpose: str                   # "change", "existing" or "rollback"
-    outcome: tuple = None          # None ok, or (code, message)
-    failfast: str = None           # set by the fail-fast check before it stops the wait
+    expected: dict                 # {container: image} the new pods run
+    by_run_deadline: bool = False  # the deadline is the run's, not the rollout's
+    finished: bool = False
+    error: tuple = None            # (code, message) once finished badly
     failed: tuple = None           # for a rollback: the failure that caused it
-    finished: bool = False         # set by the waiting thread when the outcome is known
 
-    @property
-    def tag(self):
-        return "%s:%s" % (self.comp.name, self.purpose)
+    def end(self, error=None):
+        self.finished, self.error = True, error
+
+
+@dataclass
+class _Batch:
+    """One ``kubectl rollout status`` child waiting for several rollouts in turn."""
+
+    waits: list
+    tag: str
+    done: threading.Event = field(default_factory=threading.Event)
+    completed: Completed = None
+    failure: str = None            # kubectl could not run
+    stopped: bool = False          # killed on purpose: its next wait is not at fault
+
+
+#: The lines ``kubectl rollout status`` prints when one resource's rollout is done.
+_DONE_LINE_RE = re.compile(r'^(?:deployment ".*" successfully rolled out|daemon set ".*"'
+                           r" successfully rolled out|partitioned roll out complete:"
+                           r"|statefulset rolling update complete )")
 
 
 @dataclass
 class Result:
-    """Everything one run produced: the ``probe`` (``ProbeResult``), each
-    ``Component``, the exit code, the signal that interrupted it (or None) and the
-    duration in seconds."""
+    """Everything one run produced: a ``ProbeResult`` per distinct image (in order
+    of first use), a ``Component`` per workload, the exit code, the signal that
+    interrupted it (or None), the duration in seconds, the images by workload, and
+    a run-level error (``none_found``) or None."""
 
-    image: str
-    probe: ProbeResult
+    probes: list
     components: list
     exit_code: int
+    image: str                     # the one target image, or None when there are several
+    images: dict                   # {workload: image}
     interrupted: int = None
     duration: float = 0.0
+    error: dict = None
+
+    @property
+    def probe(self):
+        """The first image's ``ProbeResult``."""
+        return self.probes[0] if self.probes else None
 
     def summary(self):
         counts = dict.fromkeys(("changed", "unchanged", "skipped", "planned", "error"), 0)
@@ -2039,14 +2606,15 @@ class Result:
         if self.interrupted:
             status = "interrupted"
         return {"event": "summary", "status": status, "image": self.image,
-                "changed": counts["changed"], "unchanged": counts["unchanged"],
-                "skipped": counts["skipped"], "planned": counts["planned"],
-                "errors": counts["error"], "exit_code": self.exit_code,
+                "images": self.images, "changed": counts["changed"],
+                "unchanged": counts["unchanged"], "skipped": counts["skipped"],
+                "planned": counts["planned"], "errors": counts["error"],
+                "exit_code": self.exit_code, "error": self.error,
                 "duration_seconds": round(self.duration, 3)}
 
     def events(self):
-        """The output lines as dicts: probe, one per component, summary."""
-        return ([self.probe.event(self.image)] + [c.event() for c in self.components]
+        """The output lines as dicts: the probes, one per component, the summary."""
+        return ([p.event() for p in self.probes] + [c.event() for c in self.components]
                 + [self.summary()])
 
 
@@ -2054,43 +2622,76 @@ class Engine:
     """One run of the tool with its effects injected; see ``bump``."""
 
     def __init__(self, settings, runner=None, opener=None, sleeper=None, clock=None,
-                 env=None, on_event=None, progress=None, http_timeout=HTTP_TIMEOUT):
+                 env=None, on_event=None, progress=None, http_timeout=HTTP_TIMEOUT,
+                 signals=None, started=None):
         self.settings = settings
         self.http_timeout = http_timeout
-        self.runner = runner if runner is not None else ProcessRunner()
+        self.signals = signals if signals is not None else NoSignals()
+        self.stop = threading.Event()          # set once the run is interrupted
+        self.runner = runner if runner is not None else ProcessRunner(self.signals.first)
         self.opener = opener
-        self.sleeper = sleeper if sleeper is not None else time.sleep
+        self.sleeper = sleeper if sleeper is not None else self.stop.wait
         self.clock = clock if clock is not None else time.monotonic
+        self.started = self.clock() if started is None else started
+        self.deadline = None
+        if settings.deadline_seconds is not None:
+            budget = settings.deadline_seconds
+            self.deadline = self.started + budget - min(DEADLINE_RESERVE, budget / 2.0)
         self.env = dict(os.environ if env is None else env)
         self.on_event = on_event if on_event is not None else (lambda event: None)
         self.log = progress if progress is not None else _silent
-        self.kubectl = Kubectl(settings, self.runner, self.env)
-        self.prober = None
-        self.probe_result = None
+        self.kubectl = Kubectl(settings, self.runner, self.env, self.time_left)
+        self.probers = {}
+        self.probes = None
         self.components = []
         self.interrupted = None
+        self.error = None
+        self.context = None            # kubectl's current context, once read
         self._threads = []
-        self.target = settings.image
-        self.cause = "bump_image " + settings.image.text
+        self._batches = 0
+        self.cause = {ref: "bump_image " + ref.text for ref in settings.images}
+
+    # -- time and signals ------------------------------------------------------
+
+    def time_left(self):
+        """Seconds before the run's deadline (less a reserve for the report), or
+        None without one."""
+        return None if self.deadline is None else self.deadline - self.clock()
+
+    def out_of_time(self, margin=0.0):
+        left = self.time_left()
+        return left is not None and left <= margin
+
+    def check_signals(self):
+        """Raise ``Interrupted`` once a signal has been received."""
+        signum = self.signals.first()
+        if signum:
+            self.stop.set()
+            raise Interrupted(signum)
 
     # -- the run -----------------------------------------------------------
 
     def run(self):
-        started = self.clock()
         try:
             self.preflight()
-            self.probe_result = self.probe()
-            self.on_event(self.probe_result.event(self.settings.image.text))
-            if self.probe_result.status != "unavailable":
+            self.probe()
+            for probe in self.probes:
+                self.on_event(probe.event())
+            if not any(p.status == "unavailable" for p in self.probes):
                 self.apply()
         except (Interrupted, KeyboardInterrupt) as exc:
             self.interrupted = getattr(exc, "signum", 2)
+            self.stop.set()
             self.kubectl.kill()
             for thread in self._threads:
-                thread.join(1.0)
+                if self.signals.count() < 2:     # a second signal: no more waiting
+                    thread.join(1.0)
             self.finish_interrupted()
-        result = Result(self.settings.image.text, self.probe_result, self.components,
-                        self.exit_code(), self.interrupted, self.clock() - started)
+        image = self.settings.image
+        result = Result(self.probes, self.components, self.exit_code(),
+                        image.text if image else None,
+                        {w.key: w.image.text for w in self.settings.workloads},
+                        self.interrupted, self.clock() - self.started, self.error)
         for comp in result.components:
             self.on_event(comp.event())
         self.on_event(result.summary())
@@ -2099,41 +2700,49 @@ class Engine:
     def exit_code(self):
         if self.interrupted:
             return 128 + self.interrupted
-        if self.probe_result.status == "unavailable":
+        if any(p.status == "unavailable" for p in self.probes):
             return 3
-        return 1 if any(c.status == "error" for c in self.components) else 0
+        return 1 if self.error or any(c.status == "error" for c in self.components) else 0
 
     def finish_interrupted(self):
         message = "interrupted by %s" % ("SIGTERM" if self.interrupted == 15 else "SIGINT")
-        if self.probe_result is None:
-            attempts = self.prober.attempts if self.prober is not None else 0
-            self.probe_result = ProbeResult("unavailable", attempts, None,
-                                            {"code": "interrupted", "message": message})
-            self.on_event(self.probe_result.event(self.settings.image.text))
+        if self.probes is None:
+            self.probes = []
+            for ref in self.settings.images:
+                prober = self.probers.get(ref)
+                self.probes.append(ProbeResult(
+                    "unavailable", prober.attempts if prober else 0, None,
+                    {"code": "interrupted", "message": message}, image=ref.text))
+                self.on_event(self.probes[-1].event())
             return
-        if self.probe_result.status == "unavailable":
+        if any(p.status == "unavailable" for p in self.probes):
             return
-        started = {c.name: c for c in self.components}
+        started = {c.workload: c for c in self.components}
         self.components = []
-        for name in self.settings.deployments:
-            comp = started.get(name)
+        for workload in self.settings.workloads:
+            comp = started.get(workload)
             if comp is None:
-                comp = self.new_component(name)
-                comp.fail("interrupted", message + " before this Deployment was checked or"
+                comp = self.new_component(workload)
+                comp.fail("interrupted", message + " before this workload was checked or"
                           " changed", self.clock)
             elif comp.status is None:
-                comp.fail("interrupted", message + " before this Deployment finished (its"
+                comp.fail("interrupted", message + " before this workload finished (its"
                           " change may have been applied)", self.clock)
             self.components.append(comp)
 
-    def new_component(self, name):
-        return Component(name, self.settings.namespace, self._target_image(),
-                         self.probe_result.digest, self.clock())
+    def new_component(self, workload):
+        probe = self.probes[self.settings.images.index(workload.image)]
+        image = workload.image.text
+        if self.settings.pin_digest and probe.digest:
+            image = workload.image.pinned(probe.digest)
+        return Component(workload, self.settings.namespace, image, probe.digest, self.clock())
 
     # -- preflight ---------------------------------------------------------
 
     def preflight(self):
-        """kubectl must exist; the context guard must pass (exit 4 otherwise)."""
+        """kubectl must exist; the context guard must pass (exit 4 otherwise).  The
+        guard is skipped in-cluster only when nothing names a cluster: no
+        ``context``, ``kubeconfig`` or ``KUBECONFIG``."""
         resolve = getattr(self.runner, "resolve", None)
         settings = self.settings
         if resolve is not None and resolve(settings.kubectl, self.env) is None:
@@ -2144,110 +2753,178 @@ class Engine:
         expected = settings.expected_context
         if not expected:
             return
-        if self.env.get("KUBERNETES_SERVICE_HOST"):
-            self.log("in-cluster (KUBERNETES_SERVICE_HOST is set): context guard skipped")
+        if self.in_cluster():
+            self.log("in-cluster (KUBERNETES_SERVICE_HOST is set, and no context, kubeconfig"
+                     " or KUBECONFIG names another cluster): context guard skipped")
             return
-        actual = settings.context
-        if actual is None:
-            try:
-                done = self.kubectl.call(["config", "current-context"], request_timeout=False)
-            except KubectlFailed as exc:
-                raise EnvironmentProblem(exc.message, "kubectl_missing")
-            if done.returncode != 0 or done.timed_out:
-                raise EnvironmentProblem("cannot read kubectl's current context: %s"
-                                         % kubectl_message(done), "context_mismatch")
-            actual = done.stdout.strip()
+        actual = settings.context or self.current_context(EnvironmentProblem)
         if actual != expected:
             raise EnvironmentProblem(
                 "kubectl context is %s, expected %s: refusing to run"
                 % (json.dumps(actual), json.dumps(expected)), "context_mismatch",
                 hint="switch with kubectl config use-context %s, or pass \"context\"" % expected)
 
+    def in_cluster(self):
+        """kubectl will use the pod's service account: nothing names a cluster."""
+        settings = self.settings
+        return bool(self.env.get("KUBERNETES_SERVICE_HOST") and not settings.context
+                    and not settings.kubeconfig and not self.env.get("KUBECONFIG"))
+
+    def current_context(self, error=None):
+        """kubectl's current context; ``error`` (an exception class) is raised when
+        it cannot be read, else None is returned."""
+        try:
+            done = self.kubectl.call(["config", "current-context"], request_timeout=False)
+        except KubectlFailed as exc:
+            if error is None:
+                return None
+            raise error(exc.message, "kubectl_missing")
+        if done.returncode != 0 or done.timed_out:
+            if error is None:
+                return None
+            raise error("cannot read kubectl's current context: %s" % kubectl_message(done),
+                        "context_mismatch")
+        self.context = done.stdout.strip()
+        return self.context
+
     # -- probe -------------------------------------------------------------
 
     def probe(self):
-        settings, ref = self.settings, self.settings.image
-        if not will_probe(ref, settings.probe):
-            why = "probe is never" if settings.probe == "never" else "no external registry host"
-            self.log("probe %s: skipped (%s)" % (ref.text, why))
-            return ProbeResult("skipped", 0, ref.digest)
-        opener = self.opener if self.opener is not None else default_opener(env=self.env)
-        self.prober = RegistryProbe(ref, settings, opener, self.sleeper, self.clock, self.env,
-                                    self.log, self.http_timeout)
-        return self.prober.run()
+        """Probe every distinct image at once (each in a thread, so a signal is seen
+        at once); every probe ends before anything changes."""
+        settings = self.settings
+        results = {}
+        for ref in settings.images:
+            if will_probe(ref, settings.probe):
+                opener = self.opener if self.opener is not None else default_opener(env=self.env)
+                self.probers[ref] = RegistryProbe(
+                    ref, settings, opener, self.sleeper, self.clock, self.env, self.log,
+                    self.http_timeout, deadline=self.deadline, stopped=self.stop.is_set)
+            else:
+                why = "probe is never" if settings.probe == "never" else "no external registry"
+                self.log("probe %s: skipped (%s)" % (ref.text, why))
+                results[ref] = ProbeResult("skipped", 0, ref.digest, image=ref.text)
 
-    def _target_image(self):
-        digest = self.probe_result.digest if self.probe_result else None
-        if self.settings.pin_digest and digest:
-            return self.settings.image.pinned(digest)
-        return self.settings.image.text
+        def probe_one(ref, prober):
+            try:
+                results[ref] = prober.run()
+            except Exception as exc:  # noqa: BLE001 - a probe that breaks is unavailable
+                results[ref] = ProbeResult("unavailable", prober.attempts, None, {
+                    "code": "probe_failed", "message": "%s: %s" % (type(exc).__name__, exc)},
+                    image=ref.text)
+        self._threads = [threading.Thread(target=probe_one, args=item, daemon=True)
+                         for item in self.probers.items()]
+        for thread in self._threads:
+            thread.start()
+        for thread in self._threads:
+            while thread.is_alive():
+                self.check_signals()
+                thread.join(_POLL)
+        self.probes = [results[ref] for ref in settings.images]
 
     # -- read ----------------------------------------------------------------
 
     def read(self):
-        """All selected Deployments with one kubectl process: ``{name: object}``;
+        """Every selected workload with one kubectl process: ``{Workload: object}``;
         raises ``KubectlFailed`` (which every component then reports)."""
-        data = self.kubectl.json(["get", "deployments"] + list(self.settings.deployments)
-                                 + [self.kubectl.ns, "--ignore-not-found"], "get deployments")
-        return {_meta(d).get("name"): d for d in _items(data)
-                if d.get("kind") in (None, "Deployment")}
+        workloads = self.settings.workloads
+        kinds = ",".join(dict.fromkeys(w.kind + "s" for w in workloads))
+        data = self.kubectl.json(["get"] + [w.resource for w in workloads]
+                                 + [self.kubectl.ns, "--ignore-not-found"], "get " + kinds)
+        by_title = {title: kind for kind, title in KINDS.items()}
+        return {Workload(by_title[obj["kind"]], _meta(obj).get("name")): obj
+                for obj in _items(data) if obj.get("kind") in by_title}
 
     # -- apply ---------------------------------------------------------------
 
     def apply(self):
-        # with pin_digest the comparison target is the pinned reference, so a rerun
-        # finds repo:tag@digest already in place
-        self.target = parse_image(self._target_image())
-        try:
-            objects, failure = self.read(), None
-        except KubectlFailed as exc:
-            objects, failure = {}, exc
+        settings = self.settings
+        objects, failure = {}, None
+        if self.out_of_time():
+            failure = ("deadline_exceeded", "not checked or changed: the run's deadline came"
+                       " first")
+        else:
+            try:
+                objects = self.read()
+            except KubectlFailed as exc:
+                failure = ("kubectl_failed", exc.message)
         waits = []
-        for name in self.settings.deployments:
-            comp = self.new_component(name)
+        for workload in settings.workloads:
+            comp = self.new_component(workload)
             self.components.append(comp)
-            if failure is not None:
-                comp.fail("kubectl_failed", failure.message, self.clock)
+            if failure is None and self.out_of_time():
+                comp.fail("deadline_exceeded", "not checked or changed: the run's deadline"
+                          " (deadline_seconds: %g) came first" % settings.deadline_seconds,
+                          self.clock)
                 continue
-            wait = self.carry_out(comp, objects.get(name))
+            if failure is not None:
+                comp.fail(failure[0], failure[1], self.clock)
+                continue
+            self.check_signals()
+            wait = self.carry_out(comp, objects.get(workload))
             if wait is not None:
                 waits.append(wait)
-            if waits and not self.settings.parallel:
+            if waits and not settings.parallel:
                 self.settle(waits)
                 waits = []
         if waits:
             self.settle(waits)
+        if failure is None and not objects:
+            self.none_found()
         self.check_pods()
 
-    def carry_out(self, comp, deployment):
-        """Decide for one Deployment and carry the decision out; returns a ``_Wait``
+    def none_found(self):
+        """None of the selected workloads exists: most likely the wrong namespace or
+        context, which a run must not report as a success."""
+        settings = self.settings
+        if settings.context:
+            where = 'context "%s"' % settings.context
+        elif self.in_cluster():
+            where = "in-cluster (the pod's service account)"
+        else:
+            context = self.context or self.current_context()
+            where = 'context "%s"' % context if context else "kubectl's current context"
+        message = ('none of the selected workloads (%s) exists in namespace "%s", %s: check'
+                   " the namespace and the context" % (
+                       ", ".join(w.key for w in settings.workloads), settings.namespace, where))
+        self.log(message)
+        self.error = {"code": "none_found", "message": message}
+
+    def carry_out(self, comp, obj):
+        """Decide for one workload and carry the decision out; returns a ``_Wait``
         when its rollout must be waited for, else the component is finished."""
         settings = self.settings
-        decision = decide(comp.name, deployment, self.target, settings.container,
-                          settings.listed, settings.dry_run, settings.namespace)
+        decision = decide(comp.workload, obj, comp.target, settings.container,
+                          settings.dry_run, settings.namespace, settings.listed)
         if decision.log:
             self.log(decision.log)
         if decision.plan is not None:
             comp.containers = decision.plan.containers
             comp.previous_image = decision.plan.previous_image
-            comp.revision = _annotations(deployment).get(REVISION)
+            comp.previous = decision.plan.previous
+            comp.revision = _annotations(obj).get(REVISION)
+            comp.uid = _meta(obj).get("uid")
+            comp.selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels")
         if decision.action == "refuse":
             comp.fail(decision.code, decision.message, self.clock)
-        elif decision.action in ("skip", "unchanged"):
-            comp.finish(decision.action if decision.action == "unchanged" else "skipped",
-                        self.clock)
-        elif decision.action == "plan":
-            comp.finish("planned", self.clock)
+        elif decision.action in ("skip", "unchanged", "plan"):
+            comp.finish({"skip": "skipped", "plan": "planned"}.get(
+                decision.action, decision.action), self.clock)
         elif decision.action == "wait":
-            return self._wait_for(comp, "existing")
+            return self.wait_for(comp, "existing")
         else:
             return self.patch(comp, decision)
         return None
 
     def patch(self, comp, decision):
-        patch = build_patch(decision.plan, comp.image, self.cause)
+        if self.out_of_time(margin=1.0):
+            comp.fail("deadline_exceeded", "not changed: too little of the run's deadline"
+                      " (deadline_seconds: %g) was left to change it"
+                      % self.settings.deadline_seconds, self.clock)
+            return None
+        patch = build_patch(decision.plan, comp.image, self.cause[comp.workload.image])
         try:
-            self.kubectl.checked(["patch", "deployment", comp.name, self.kubectl.ns,
+            self.kubectl.checked(["patch", comp.workload.kind, comp.name, self.kubectl.ns,
                                   "--type=strategic", "--field-manager=" + FIELD_MANAGER,
                                   "--patch=" + json.dumps(patch, separators=(",", ":"))],
                                  "patch")
@@ -2255,13 +2932,19 @@ class Engine:
             comp.fail("kubectl_failed", exc.message, self.clock)
             return None
         if not decision.wait:
-            comp.fail(decision.code, decision.message, self.clock)
+            self.log(decision.note)
+            comp.finish("changed", self.clock)
             return None
-        return self._wait_for(comp, "change")
+        return self.wait_for(comp, "change")
 
-    def _wait_for(self, comp, purpose, timeout=None):
+    def wait_for(self, comp, purpose, timeout=None):
         timeout = timeout or self.settings.rollout_timeout
-        return _Wait(comp, self.clock() + timeout, timeout, purpose)
+        deadline, by_run = self.clock() + timeout, False
+        if self.deadline is not None and self.deadline < deadline:
+            deadline, by_run = self.deadline, True
+        expected = comp.previous if purpose == "rollback" else dict.fromkeys(
+            comp.containers, comp.image)
+        return _Wait(comp, deadline, timeout, purpose, expected, by_run)
 
     def settle(self, waits):
         """Wait for rollouts, finish their components, roll back failures."""
@@ -2269,15 +2952,15 @@ class Engine:
         rollbacks = []
         for w in waits:
             comp = w.comp
-            if w.outcome is None:
+            if w.error is None:
                 comp.rolled_out = True
-                self.log("%s: rolled out" % comp.name)
+                self.log("%s: rolled out" % comp.workload.key)
                 comp.finish("changed" if w.purpose == "change" else "unchanged", self.clock)
                 continue
-            code, message = w.outcome
-            self.log("%s: %s: %s" % (comp.name, code, message))
+            code, message = w.error
+            self.log("%s: %s: %s" % (comp.workload.key, code, message))
             if w.purpose == "change" and self.settings.rollback_on_failure and code in (
-                    "rollout_failed", "rollout_timeout"):
+                    "rollout_failed", "rollout_timeout") and not self.out_of_time(1.0):
                 rollback = self.rollback(w)
                 if rollback is not None:
                     rollbacks.append(rollback)
@@ -2289,144 +2972,148 @@ class Engine:
                 self.finish_rollback(w)
 
     def rollback(self, w):
-        """``kubectl rollout undo`` to the revision read before the change."""
+        """``kubectl rollout undo``: a Deployment to the revision read before the
+        change; a StatefulSet or DaemonSet to its previous revision."""
         comp = w.comp
-        code, message = w.outcome
-        args = ["rollout", "undo", "deployment/" + comp.name, self.kubectl.ns]
-        if comp.revision:
+        code, message = w.error
+        args = ["rollout", "undo", comp.workload.resource, self.kubectl.ns]
+        if comp.revision and comp.workload.kind == "deployment":
             args.append("--to-revision=" + comp.revision)
         self.log("%s: rolling back to revision %s (%s)" % (
-            comp.name, comp.revision or "previous", comp.previous_image))
+            comp.workload.key, comp.revision or "previous", comp.previous_image))
         try:
             self.kubectl.checked(args, "rollout undo")
         except KubectlFailed as exc:
             comp.fail(code, "%s; rollback failed: %s" % (message, exc.message), self.clock)
             return None
         timeout = min(self.settings.rollout_timeout, ROLLBACK_TIMEOUT_CAP)
-        rollback = self._wait_for(comp, "rollback", timeout)
+        rollback = self.wait_for(comp, "rollback", timeout)
         rollback.failed = (code, message)
         return rollback
 
     def finish_rollback(self, w):
         comp = w.comp
         code, message = w.failed
-        if w.outcome is None:
+        if w.error is None:
             comp.rolled_back = True
             comp.restored_image = comp.previous_image
-            self.log("%s: rolled back to %s" % (comp.name, comp.previous_image))
+            self.log("%s: rolled back to %s" % (comp.workload.key, comp.previous_image))
             comp.fail(code, "%s; rolled back to revision %s (%s)"
                       % (message, comp.revision or "previous", comp.previous_image), self.clock)
         else:
-            comp.fail(code, "%s; rollback did not complete: %s" % (message, w.outcome[1]),
+            comp.fail(code, "%s; rollback did not complete: %s" % (message, w.error[1]),
                       self.clock)
 
     # -- waiting -------------------------------------------------------------
 
     def wait(self, waits):
-        """Wait for rollouts concurrently; fail fast on pods that cannot start.
+        """Wait for rollouts; fail fast on pods that cannot start.
 
-        Each rollout is a ``kubectl rollout status`` child bounded by its remaining
-        time.  Meanwhile one read of the namespace's Deployments, ReplicaSets and Pods
-        looks for problems (``diagnose``): after 1, 2 and 3 seconds, so a problem is
-        seen soon after it starts, then every ``fail_fast_seconds``/6 (1 to 5 s), and
-        again exactly when a problem seen earlier has lasted ``fail_fast_seconds``.  A
-        problem that lasted that long (or a passed progress deadline) stops its wait.
-        A rollout that completes within a second costs no read at all.
+        One ``kubectl rollout status`` child waits for every pending rollout in
+        turn (kubectl's own verdict for each kind; the rollouts themselves run in
+        the cluster at the same time).  A rollout that fails, times out or is
+        stopped ends that child; a new one takes the rest.  Meanwhile one read of
+        the workloads' ReplicaSets and Pods (by their selectors) looks for
+        problems (``diagnose``): 2 s after the wait starts, then every
+        ``fail_fast_seconds``/6 (1 to 5 s), and again exactly when a problem seen
+        earlier has lasted ``fail_fast_seconds``; such a problem (or a passed
+        progress deadline) stops its wait.  A rollout that completes within 2 s
+        costs no read at all.
         """
-        done = threading.Event()
-
-        def worker(w):
-            try:
-                w.outcome = self.rollout_status(w)
-            except KubectlFailed as exc:
-                w.outcome = ("kubectl_failed", exc.message)
-            except Exception as exc:  # noqa: BLE001 - never report an unchecked rollout as done
-                w.outcome = ("kubectl_failed", "waiting for the rollout failed: %s: %s"
-                             % (type(exc).__name__, exc))
-            finally:
-                w.finished = True
-                done.set()
-
-        threads = []
         for w in waits:
-            self.log("%s: waiting for the rollout (up to %d s)" % (w.comp.name, w.timeout))
-            thread = threading.Thread(target=worker, args=(w,), daemon=True)
-            thread.start()
-            threads.append(thread)
-        self._threads = threads
+            self.log("%s: waiting for the rollout (up to %d s)" % (
+                w.comp.workload.key, max(0, int(w.deadline - self.clock() + 0.5))))
         interval = min(5.0, max(1.0, self.settings.fail_fast_seconds / 6.0))
-        next_poll = self.clock() + 1.0
-        first_seen = {}
-        polls, polling = 0, True
-        while not all(w.finished for w in waits):
-            done.wait(max(0.05, min(interval, next_poll - self.clock())))
-            done.clear()
-            pending = [w for w in waits if not w.finished and not w.failfast]
-            if polling and pending and self.clock() >= next_poll:
-                polling, due = self.fail_fast(pending, first_seen)
-                polls += 1
-                next_poll = self.clock() + (1.0 if polls < 3 else interval)
-                if due is not None:
-                    next_poll = min(next_poll, due)
-        for thread in threads:
-            thread.join()
-
-    def fail_fast(self, pending, first_seen):
-        """One diagnostic read; stop the waits whose problems have lasted long
-        enough.  Returns ``(readable, due)``: False when the read is not possible
-        (then only the rollouts' own waits remain), and when the earliest problem
-        still short of ``fail_fast_seconds`` will reach it (None: no such problem)."""
-        cluster = self.read_rollout_state()
-        if cluster is None:
-            return False, None
-        deployments, replicasets, pods = cluster
-        now, due = self.clock(), None
-        for w in pending:
-            dep = deployments.get(w.comp.name)
-            if dep is None:
-                continue
-            for key, message, immediate in diagnose(dep, replicasets, pods):
-                since = first_seen.setdefault(key, now)
-                if immediate or now - since >= self.settings.fail_fast_seconds:
-                    w.failfast = message
-                    self.log("%s: %s, stopping the wait" % (w.comp.name, message))
-                    self.kubectl.kill(w.tag)
-                    break
-                when = since + self.settings.fail_fast_seconds
-                due = when if due is None else min(due, when)
-        return True, due
-
-    def read_rollout_state(self):
-        """The namespace's Deployments (by name), ReplicaSets and Pods, for
-        diagnosis and verification; None when they cannot be read."""
+        next_read, reading, first_seen = self.clock() + _FIRST_DIAGNOSIS, True, {}
+        batch = None
         try:
-            data = self.kubectl.json(["get", "deployments,replicasets,pods", self.kubectl.ns],
-                                     "get deployments,replicasets,pods")
-        except KubectlFailed as exc:
-            self.log("cannot read pods for diagnostics and verification: %s" % exc.message)
-            return None
-        items = _items(data)
-        deployments = {_meta(i).get("name"): i for i in items if i.get("kind") == "Deployment"}
-        replicasets = [i for i in items if i.get("kind") == "ReplicaSet"]
-        pods = [i for i in items if i.get("kind") == "Pod"]
-        return deployments, replicasets, pods
+            while True:
+                self.check_signals()
+                if batch is not None and batch.done.is_set():
+                    self.settle_batch(batch)
+                    batch = None
+                pending = [w for w in waits if not w.finished]
+                if not pending:
+                    return
+                now = self.clock()
+                late = [w for w in pending if now >= w.deadline]
+                for w in late:
+                    w.end(self.timed_out(w))
+                if reading and not late and now >= next_read:
+                    reading, due = self.fail_fast(pending, first_seen)
+                    next_read = self.clock() + interval
+                    if due is not None:
+                        next_read = min(next_read, due)
+                if batch is not None and any(w.finished for w in batch.waits):
+                    if not batch.stopped:
+                        batch.stopped = True
+                        self.kubectl.kill(batch.tag)
+                elif batch is None:
+                    batch = self.start_batch([w for w in waits if not w.finished])
+                batch.done.wait(_POLL)
+        finally:
+            if batch is not None and not batch.done.is_set():
+                self.kubectl.kill(batch.tag)
 
-    def rollout_status(self, w):
-        """Run ``kubectl rollout status`` for the time left; None when complete."""
-        remaining = w.deadline - self.clock()
-        if remaining < 1:
-            return ("rollout_timeout", "the rollout did not complete within %d s" % w.timeout)
-        seconds = int(remaining + 0.999)
-        done = self.kubectl.call(
-            ["rollout", "status", "deployment/" + w.comp.name, self.kubectl.ns,
-             "--watch=true", "--timeout=%ds" % seconds],
-            timeout=seconds + ROLLOUT_GRACE, tag=w.tag, request_timeout=False)
-        if w.failfast:
-            return ("rollout_failed", w.failfast)
+    def timed_out(self, w):
+        if w.by_run_deadline:
+            return ("deadline_exceeded", "the run's deadline (deadline_seconds: %g) passed"
+                    " before the rollout completed; the change stays applied and rolls on in"
+                    " the cluster" % self.settings.deadline_seconds)
+        return ("rollout_timeout", "the rollout did not complete within %d s" % w.timeout)
+
+    def start_batch(self, waits):
+        """Start one ``kubectl rollout status`` for ``waits``, in a thread."""
+        self._batches += 1
+        batch = _Batch(waits, "rollout-%d" % self._batches)
+        seconds = max(1, int(max(w.deadline for w in waits) - self.clock() + 0.999))
+        args = (["rollout", "status"] + [w.comp.workload.resource for w in waits]
+                + [self.kubectl.ns, "--watch=true", "--timeout=%ds" % seconds])
+
+        def run():
+            try:
+                batch.completed = self.kubectl.call(args, timeout=seconds + ROLLOUT_GRACE,
+                                                    tag=batch.tag, request_timeout=False)
+            except KubectlFailed as exc:
+                batch.failure = exc.message
+            except Interrupted:
+                batch.stopped = True
+            except Exception as exc:  # noqa: BLE001 - never report an unchecked rollout as done
+                batch.failure = "waiting for the rollout failed: %s: %s" % (
+                    type(exc).__name__, exc)
+            finally:
+                batch.done.set()
+        thread = threading.Thread(target=run, daemon=True)
+        self._threads = [thread]
+        thread.start()
+        return batch
+
+    def settle_batch(self, batch):
+        """Give each wait of a finished batch its outcome: the rollouts kubectl
+        reported done succeeded; the one it was on when it failed by itself gets
+        kubectl's error; the rest stay pending for the next batch."""
+        if batch.failure is not None:
+            for w in batch.waits:
+                if not w.finished:
+                    w.end(("kubectl_failed", batch.failure))
+            return
+        done = batch.completed
+        if done is None:              # interrupted: the run is ending
+            return
+        lines = done.stdout.splitlines()
+        finished = len([ln for ln in lines if _DONE_LINE_RE.match(ln)])
+        if done.returncode == 0 and not done.timed_out and not batch.stopped:
+            finished = len(batch.waits)
+        for i, w in enumerate(batch.waits):
+            if i < finished:
+                w.end(None)           # kubectl saw it complete: that verdict stands
+            elif i == finished and not w.finished and not batch.stopped:
+                w.end(self.rollout_error(w, done))
+
+    def rollout_error(self, w, done):
+        """``(code, message)`` for the rollout a failed ``rollout status`` was on."""
         if done.timed_out:
-            return ("rollout_timeout", "the rollout did not complete within %d s" % w.timeout)
-        if done.returncode == 0:
-            return None
+            return self.timed_out(w)
         message = kubectl_message(done)
         if "exceeded its progress deadline" in message:
             return ("rollout_failed", "ProgressDeadlineExceeded: " + message)
@@ -2434,29 +3121,76 @@ class Engine:
             return ("rollout_timeout", "the rollout did not complete within %d s (%s)"
                     % (w.timeout, message))
         if "not found" in message or "deleted" in message:
-            return ("rollout_failed", "the Deployment went away during the rollout: " + message)
+            return ("rollout_failed", "the %s went away during the rollout: %s"
+                    % (w.comp.workload.title, message))
         return ("kubectl_failed", message)
+
+    def fail_fast(self, pending, first_seen):
+        """One diagnostic read; end the waits whose problems have lasted long
+        enough.  Returns ``(readable, due)``: False when the read is not possible
+        (then only the rollouts' own waits remain), and when the earliest problem
+        still short of ``fail_fast_seconds`` will reach it (None: no such problem)."""
+        state = self.read_rollout_state([w.comp for w in pending])
+        if state is None:
+            return False, None
+        workloads, replicasets, pods = state
+        now, due = self.clock(), None
+        for w in pending:
+            comp = w.comp
+            for key, message, immediate in diagnose(workloads.get(comp.uid), comp.uid,
+                                                    w.expected, replicasets, pods):
+                since = first_seen.setdefault(key, now)
+                if immediate or now - since >= self.settings.fail_fast_seconds:
+                    w.end(("rollout_failed", message))
+                    self.log("%s: %s, stopping the wait" % (comp.workload.key, message))
+                    break
+                when = since + self.settings.fail_fast_seconds
+                due = when if due is None else min(due, when)
+        return True, due
+
+    def read_rollout_state(self, comps):
+        """The ReplicaSets and Pods (and Deployments) of ``comps``' workloads, read
+        once, narrowed by a label selector that covers all of them:
+        ``({uid: workload object}, [ReplicaSet], [Pod])``, or None when they
+        cannot be read."""
+        kinds = ["pods"]
+        if any(c.workload.kind == "deployment" for c in comps):
+            kinds = ["deployments", "replicasets", "pods"]
+        selector = union_selector([c.selector for c in comps])
+        args = ["get", ",".join(kinds), self.kubectl.ns]
+        if selector:
+            args.append("--selector=" + selector)
+        try:
+            data = self.kubectl.json(args, "get " + ",".join(kinds))
+        except KubectlFailed as exc:
+            self.log("cannot read pods for diagnostics and verification: %s" % exc.message)
+            return None
+        items = _items(data)
+        workloads = {_meta(i).get("uid"): i for i in items if i.get("kind") == "Deployment"}
+        replicasets = [i for i in items if i.get("kind") == "ReplicaSet"]
+        pods = [i for i in items if i.get("kind") == "Pod"]
+        return workloads, replicasets, pods
 
     # -- verify --------------------------------------------------------------
 
     def check_pods(self):
-        """Verify the pods of every rolled-out Deployment with one read."""
+        """Verify the pods of every rolled-out workload with one read."""
         todo = [c for c in self.components if c.rolled_out]
-        if not todo:
+        if not todo or self.out_of_time(0.5):
             return
-        cluster = self.read_rollout_state()
-        if cluster is None:
+        state = self.read_rollout_state(todo)
+        if state is None:
             return
-        deployments, replicasets, pods = cluster
+        _, replicasets, pods = state
         for comp in todo:
-            dep = deployments.get(comp.name)
-            if dep is None:
-                comp.verified = False
-                self.log("%s: verification: the Deployment is gone" % comp.name)
-                continue
-            comp.verified, reason = verify_pods(dep, replicasets, pods, comp.containers,
-                                                self.target, self.probe_result.digest)
-            self.log("%s: verification: %s" % (comp.name, reason))
+            expected = dict.fromkeys(comp.containers, comp.image)
+            comp.verified, reason = verify_pods(
+                new_pods(comp.uid, expected, replicasets, pods), comp.containers,
+                comp.target, comp.digest)
+            self.log("%s: verification: %s" % (comp.workload.key, reason))
+
+
+_FIRST_DIAGNOSIS = 2.0   # seconds after a wait starts before the first diagnostic read
 
 
 def bump(payload, *, runner=None, opener=None, sleeper=None, clock=None, env=None,
@@ -2470,7 +3204,8 @@ def bump(payload, *, runner=None, opener=None, sleeper=None, clock=None, env=Non
     ``clock()`` (monotonic seconds), ``env`` (default ``os.environ``),
     ``on_event(dict)`` (each output line as it is ready), ``progress(str)`` (each
     progress line; default: silent) and ``http_timeout`` (seconds per registry
-    request).  No signal handler is installed.
+    request).  No signal handler is installed; ``deadline_seconds`` counts from
+    this call.
     """
     settings = parse_payload(payload)
     engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper, clock=clock,
@@ -2484,8 +3219,8 @@ def bump(payload, *, runner=None, opener=None, sleeper=None, clock=None, env=Non
 
 
 def render_text(events):
-    """The ``--format text`` table: one aligned line per component, or one line
-    for a failed probe or an error."""
+    """The ``--format text`` table: one aligned line per component (named
+    ``kind/name`` unless a Deployment), or one line per failed probe, or the error."""
     rows = []
     for e in events:
         if e["event"] == "error":
@@ -2497,10 +3232,15 @@ def render_text(events):
             rows.append(("probe", "unavailable", "%s  %s: %s" % (
                 e["image"], err.get("code"), err.get("message"))))
         elif e["event"] == "component":
+            name = e["component"] if e.get("kind", "deployment") == "deployment" else \
+                "%s/%s" % (e["kind"], e["component"])
             text = e["image"]
             if e["error"]:
                 text += "  %s: %s" % (e["error"]["code"], e["error"]["message"])
-            rows.append((e["component"], e["status"], text))
+            rows.append((name, e["status"], text))
+        elif e["event"] == "summary" and e.get("error"):
+            rows.append(("summary", e["status"], "%s: %s" % (e["error"]["code"],
+                                                             e["error"]["message"])))
     if not rows:
         return ""
     w0 = max(len(r[0]) for r in rows)
@@ -2560,25 +3300,38 @@ def argument_parser(out):
     """The command line's parser; help and errors go to ``out``."""
     parser = ArgumentParser(
         out, prog="bump_image", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Move Kubernetes Deployments (default: %s in namespace %s) to one"
-                    " container image: probe the registry, set the image where needed,"
-                    " wait for the rollouts, report JSON lines." % (
+        description="Move Kubernetes workloads (default: the Deployments %s in namespace %s)"
+                    " to new container images: probe the registry, set the image where"
+                    " needed, wait for the rollouts, report JSON lines." % (
                         ", ".join(DEFAULT_DEPLOYMENTS), DEFAULT_NAMESPACE),
-        epilog=payload_help() + "\n\nExit codes: 0 ok, 1 a component failed, 2 bad input,"
-               " 3 image unavailable,\n4 kubectl missing or wrong context, 130/143"
-               " interrupted.")
-    parser.add_argument("--payload", metavar="JSON|@FILE|-",
+        epilog=payload_help() + "\n\nExit codes: 0 ok, 1 a component failed or none was"
+               " found, 2 bad input,\n3 image unavailable, 4 kubectl missing or wrong"
+               " context, 130/143 interrupted.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--payload", metavar="JSON|@FILE|-",
                         help="the payload: a JSON object, @file to read one, - for stdin")
+    source.add_argument("--payload-lines", metavar="FILE|-",
+                        help="the payload as KEY=VALUE lines, every key once (the form a"
+                             " NoETL shell step renders; see README)")
     parser.add_argument("--image", help="target image (overrides the payload)")
     parser.add_argument("--namespace", help="namespace (overrides the payload)")
     parser.add_argument("--deployment", action="append", metavar="NAME",
-                        help="a Deployment to bump; repeat for several (overrides the payload)")
+                        help="a workload (NAME or KIND/NAME) to bump; repeat for several"
+                             " (overrides the payload)")
     parser.add_argument("--dry-run", action="store_true", default=None,
                         help="probe and read, report what would change, change nothing")
-    parser.add_argument("--format", choices=("jsonl", "text"), default="jsonl",
-                        help="stdout format (default: jsonl)")
+    parser.add_argument("--format", choices=("jsonl", "text", "summary"), default="jsonl",
+                        help="stdout: JSON lines (default), a text table, or only the"
+                             " summary line")
+    parser.add_argument("--log-dir", nargs="?", const="", metavar="DIR",
+                        help="also keep this run's JSON lines and progress lines in DIR"
+                             " (default %s): <time>-<pid>.jsonl and .log, and"
+                             " last.jsonl/last.log pointing at them" % _LOG_DIR_TEXT)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser
+
+
+_LOG_DIR_TEXT = "$BUMP_IMAGE_LOG_DIR, else $TMPDIR/bump_image-<uid>"
 
 
 def _reject_duplicates(pairs):
@@ -2599,21 +3352,22 @@ def load_payload(text):
     if not text.strip():
         raise PayloadError("the payload is empty", hint='e.g. --payload \'{"image": "..."}\'')
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicates,
-                          parse_constant=_reject_constant)
+        return _strict_json(text)
     except ValueError as exc:
         raise PayloadError("the payload is not valid JSON: %s" % exc)
     except RecursionError:
         raise PayloadError("the payload is nested too deeply")
 
 
-def _read_payload(source, stdin):
+def _read_payload(source, stdin, at_file=True):
+    """The payload text from ``-`` (stdin), ``@FILE`` (or FILE, for the lines), or
+    the argument itself."""
     if source == "-":
         stream = getattr(stdin, "buffer", stdin)
         raw = stream.read(PAYLOAD_LIMIT + 1)
         where = "stdin"
-    elif source.startswith("@"):
-        where = source[1:]
+    elif source.startswith("@") or not at_file:
+        where = source[1:] if at_file else source
         try:
             with open(where, "rb") as fh:
                 raw = fh.read(PAYLOAD_LIMIT + 1)
@@ -2633,15 +3387,18 @@ def _read_payload(source, stdin):
 
 
 def payload_from_args(args, stdin):
-    """The payload dict: ``--payload`` with the override flags applied."""
-    if args.payload is None and args.image is None:
-        raise UsageError("no payload: give --payload JSON|@FILE|- or at least --image",
-                         hint="see bump_image --help")
+    """The payload dict: ``--payload`` or ``--payload-lines`` with the override
+    flags applied."""
+    if args.payload is None and args.payload_lines is None and args.image is None:
+        raise UsageError("no payload: give --payload JSON|@FILE|- (or --payload-lines) or at"
+                         " least --image", hint="see bump_image --help")
     payload = {}
     if args.payload is not None:
         payload = load_payload(_read_payload(args.payload, stdin))
         if not isinstance(payload, dict):
             raise PayloadError("the payload must be a JSON object, got %s" % _describe(payload))
+    elif args.payload_lines is not None:
+        payload = parse_payload_lines(_read_payload(args.payload_lines, stdin, at_file=False))
     if args.image is not None:
         payload.pop("image_repository", None)
         payload.pop("target_tag", None)
@@ -2657,22 +3414,36 @@ def payload_from_args(args, stdin):
     return payload
 
 
-class _Signals:
-    """SIGINT and SIGTERM raise ``Interrupted`` once (main thread only)."""
+class Signals:
+    """SIGINT and SIGTERM for the command line (main thread only).
+
+    While the payload is read (``raising``), the first signal raises
+    ``Interrupted``: nothing has been contacted yet.  Once the run has started the
+    handler only records the signal; the run checks ``first()`` where it waits (the
+    kubectl runner, the wait loop, between workloads, the probe) and a second signal
+    (``count()`` > 1) cuts its clean-up short.
+    """
+
+    def __init__(self):
+        self.received = []
+        self.raising = True
+        self.saved = {}
+
+    def first(self):
+        return self.received[0] if self.received else None
+
+    def count(self):
+        return len(self.received)
+
+    def _handler(self, signum, frame):
+        self.received.append(signum)
+        if self.raising and len(self.received) == 1:
+            raise Interrupted(signum)
 
     def __enter__(self):
-        self.saved = {}
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        fired = []
-
-        def handler(signum, frame):
-            if not fired:
-                fired.append(signum)
-                raise Interrupted(signum)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.saved[sig] = signal.signal(sig, handler)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):
@@ -2681,16 +3452,22 @@ class _Signals:
 
 
 class _Output:
-    """stdout: JSON lines as they come, or the text table at the end."""
+    """stdout: JSON lines as they come, the text table or the summary line at the
+    end; every line also goes to the kept JSON-lines file, when there is one."""
 
     def __init__(self, stream):
         self.stream = stream
         self.format = "jsonl"
         self.events = []
+        self.keep = None
 
     def write(self, event):
+        line = json.dumps(event) + "\n"
+        if self.keep is not None:
+            self.keep.write(line)
+            self.keep.flush()
         if self.format == "jsonl":
-            self.stream.write(json.dumps(event) + "\n")
+            self.stream.write(line)
             self.stream.flush()
         else:
             self.events.append(event)
@@ -2698,15 +3475,48 @@ class _Output:
     def close(self):
         if self.format == "text":
             self.stream.write(render_text(self.events))
-            self.stream.flush()
+        elif self.format == "summary" and self.events:
+            self.stream.write(json.dumps(self.events[-1]) + "\n")
+        self.stream.flush()
+        if self.keep is not None:
+            self.keep.close()
+
+
+def open_log_files(folder, env):
+    """This run's ``<time>-<pid>.jsonl`` and ``.log`` in ``folder`` (or the default,
+    a folder of this user's own), with ``last.jsonl``/``last.log`` pointing at
+    them; raises ``UsageError`` when the folder is not usable."""
+    folder = folder or env.get("BUMP_IMAGE_LOG_DIR") or os.path.join(
+        env.get("TMPDIR") or "/tmp", "bump_image-%d" % os.getuid())  # noqa: S108
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        info = os.stat(folder)
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise UsageError("--log-dir %s is not a folder of this user's own (writable only"
+                             " by its owner)" % json.dumps(folder))
+        stem = os.path.join(folder, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                            + "-%d" % os.getpid())
+        files = open(stem + ".jsonl", "x", encoding="utf-8"), open(stem + ".log", "x",
+                                                                   encoding="utf-8")
+        for suffix in (".jsonl", ".log"):
+            link = os.path.join(folder, "last" + suffix)
+            os.symlink(os.path.basename(stem) + suffix, link + ".new")
+            os.replace(link + ".new", link)
+    except OSError as exc:
+        raise UsageError("cannot keep the log in %s: %s" % (json.dumps(folder),
+                                                            exc.strerror or exc))
+    return files
 
 
 def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=None,
          opener=None, sleeper=None, clock=None):
     """The command line; returns the exit code (see the module docstring)."""
+    clock = clock if clock is not None else time.monotonic
+    started = clock()
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
+    env = os.environ if env is None else env
     out = _Output(stdout)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -2719,12 +3529,17 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
             stdout.flush()
             return 0
         out.format = args.format
-        with _Signals():
+        progress_log = None
+        if args.log_dir is not None:
+            out.keep, progress_log = open_log_files(args.log_dir, env)
+        with Signals() as signals:
             try:
                 settings = parse_payload(payload_from_args(args, stdin))
+                signals.raising = False
                 engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper,
                                 clock=clock, env=env, on_event=out.write,
-                                progress=StderrProgress(stderr))
+                                progress=Progress(stderr, progress_log), signals=signals,
+                                started=started)
                 code = engine.run().exit_code
             except Interrupted as exc:     # before the run started: nothing was contacted
                 code = 128 + exc.signum
@@ -2739,6 +3554,12 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
         out.close()
         return exc.exit_code
     except BrokenPipeError:
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug still ends in one JSON line, no traceback
+        out.write({"event": "error", "error": {
+            "code": "internal_error", "message": "%s: %s" % (type(exc).__name__, exc),
+            "hint": "please report this with the command's stderr"}, "exit_code": 1})
+        out.close()
         return 1
 
 

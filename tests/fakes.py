@@ -85,21 +85,20 @@ class FakeKubectl:
     def __call__(self, argv, timeout, env=None, tag=None):
         self.calls.append(list(argv))
         args = [a for a in argv[1:] if not a.startswith(("--request-timeout", "--context",
-                                                          "--kubeconfig"))]
+                                                          "--kubeconfig", "--cache-dir"))]
         if args[:2] == ["config", "current-context"]:
             return self.fail.get("config") or bump_image.Completed(0, self.context + "\n")
-        if args[:2] == ["get", "deployments,replicasets,pods"]:
+        if args[:1] == ["get"] and args[1] in ("deployments,replicasets,pods", "pods"):
             return self.fail.get("facts") or self._json({"kind": "List",
                                                          "items": self._facts()})
-        if args[:2] == ["get", "deployments"]:
+        if args[:1] == ["get"]:
             return self.fail.get("get") or self._get(
-                [a for a in args[2:] if not a.startswith("-")])
+                [a.split("/", 1)[1] for a in args[1:] if not a.startswith("-")])
         if args[:1] == ["patch"]:
             return self.fail.get("patch") or self._patch(args[2], args)
         if args[:2] == ["rollout", "status"]:
-            name = args[2].split("/", 1)[1]
-            return self.fail.get("rollout status") or self.rollout.get(name) or \
-                bump_image.Completed(0, 'deployment "%s" successfully rolled out\n' % name)
+            return self.fail.get("rollout status") or self._rollout_status(
+                [a.split("/", 1)[1] for a in args[2:] if not a.startswith("-")])
         if args[:2] == ["rollout", "undo"]:
             return self.fail.get("rollout undo") or self._undo(args[2].split("/", 1)[1])
         raise AssertionError("unexpected kubectl call: %r" % (argv,))
@@ -107,15 +106,17 @@ class FakeKubectl:
     # -- what tests look at ------------------------------------------------
 
     def verbs(self):
-        """The calls as short verbs, e.g. ['get', 'patch noetl-server', ...]."""
+        """The calls as short verbs, e.g. ['get', 'patch noetl-server', ...]; a
+        ``rollout status`` of several lists them all."""
         out = []
         for argv in self.calls:
             args = [a for a in argv[1:] if not a.startswith("-")]
             if args[0] in ("patch",):
                 out.append("patch " + args[2])
             elif args[0] == "rollout":
-                out.append("rollout %s %s" % (args[1], args[2].split("/", 1)[1]))
-            elif args[:2] == ["get", "deployments,replicasets,pods"]:
+                out.append("rollout %s %s" % (args[1], " ".join(
+                    a.split("/", 1)[1] for a in args[2:])))
+            elif args[0] == "get" and args[1] in ("deployments,replicasets,pods", "pods"):
                 out.append("facts")
             elif args[0] == "get":
                 out.append("get")
@@ -163,6 +164,18 @@ class FakeKubectl:
         dep["status"]["observedGeneration"] = dep["metadata"]["generation"]
         return bump_image.Completed(0, "deployment.apps/%s patched\n" % name)
 
+    def _rollout_status(self, names):
+        """Like kubectl: each rollout in turn, a line when one is done; the first
+        that fails (``self.rollout[name]``, a ``Completed``) ends the command."""
+        out = ""
+        for name in names:
+            done = self.rollout.get(name)
+            if done is not None and (done.returncode != 0 or done.timed_out):
+                return bump_image.Completed(done.returncode, out + done.stdout, done.stderr,
+                                            done.timed_out)
+            out += 'deployment "%s" successfully rolled out\n' % name
+        return bump_image.Completed(0, out)
+
     def _undo(self, name):
         if not self.history[name]:
             return bump_image.Completed(1, "", "error: no rollout history found\n")
@@ -178,12 +191,14 @@ class FakeKubectl:
         for name, dep in self.deployments.items():
             items.append(dep)
             revision = dep["metadata"]["annotations"][bump_image.REVISION]
+            template = copy.deepcopy(dep["spec"]["template"])
             rs = {"kind": "ReplicaSet",
                   "metadata": {"name": name + "-rs" + revision, "uid": "rs-" + name,
                                "annotations": {bump_image.REVISION: revision},
-                               "ownerReferences": [{"uid": dep["metadata"]["uid"]}]}}
+                               "ownerReferences": [{"uid": dep["metadata"]["uid"]}]},
+                  "spec": {"template": template}}
             items.append(rs)
-            spec = dep["spec"]["template"]["spec"]
+            spec = template["spec"]
             for i in range(dep["spec"]["replicas"]):
                 statuses = {}
                 for key, skey in (("containers", "containerStatuses"),
@@ -197,6 +212,7 @@ class FakeKubectl:
                 items.append({"kind": "Pod",
                               "metadata": {"name": "%s-%s" % (name, i),
                                            "ownerReferences": [{"uid": "rs-" + name}]},
+                              "spec": copy.deepcopy(spec),
                               "status": dict(phase="Running", **statuses)})
         return items
 

@@ -285,13 +285,23 @@ def test_paused_deployment_is_not_changed(cluster):
     assert cluster.writes() == []
 
 
-def test_scaled_to_zero_is_not_success(cluster):
+def test_scaled_to_zero_is_changed_and_the_rerun_is_clean(cluster):
+    """v2: a KEDA-idle worker at replicas 0: the template is set, replicas untouched,
+    nothing waited for; the rerun is unchanged, exit 0, and sends no write."""
     cluster.sim.add_deployment("ollama-bridge", containers=[{"name": "bridge", "image": OLD}],
                                replicas=0)
     run = cluster.bump(cluster.payload(image=NEW, deployment="ollama-bridge"))
-    assert run.code == 1
-    assert run.components["ollama-bridge"]["error"]["code"] == "scaled_to_zero"
+    assert run.code == 0, run.stdout + run.stderr
+    comp = run.components["ollama-bridge"]
+    assert comp["status"] == "changed" and comp["verified"] is None
+    assert "spec.replicas is 0" in run.stderr
     assert cluster.image("ollama-bridge", "bridge") == NEW
+    assert cluster.sim.get("deployments", "ollama-bridge")["spec"]["replicas"] == 0
+    assert not any("rollout" in " ".join(r["path"]) for r in cluster.api_requests("PATCH"))
+    cluster.sim.clear_requests()
+    run = cluster.bump(cluster.payload(image=NEW, deployment="ollama-bridge"))
+    assert run.code == 0 and run.components["ollama-bridge"]["status"] == "unchanged"
+    assert cluster.writes() == []
 
 
 def test_at_target_with_a_rollout_in_progress_is_waited_for(cluster):

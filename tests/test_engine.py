@@ -10,11 +10,11 @@ from fakes import DIGEST, IMAGE, OLD, FakeKubectl, deployment, noetl_cluster, ru
 import bump_image
 from bump_image import Completed
 
-COMPONENT_KEYS = {"event", "component", "namespace", "status", "image", "previous_image",
+COMPONENT_KEYS = {"event", "component", "kind", "namespace", "status", "image", "previous_image",
                   "containers", "duration_seconds", "error", "digest", "verified",
                   "rolled_back", "restored_image"}
-SUMMARY_KEYS = {"event", "status", "image", "changed", "unchanged", "skipped", "planned",
-                "errors", "exit_code", "duration_seconds"}
+SUMMARY_KEYS = {"event", "status", "image", "images", "changed", "unchanged", "skipped",
+                "planned", "errors", "exit_code", "error", "duration_seconds"}
 
 
 def cli(payload, kubectl, env, *extra):
@@ -74,7 +74,8 @@ def test_reads_every_deployment_with_one_kubectl(env):
     kubectl = FakeKubectl()
     cli({"image": IMAGE}, kubectl, env)
     argv = kubectl.calls[0]
-    assert argv[:5] == ["kubectl", "get", "deployments", "noetl-server", "noetl-worker"]
+    assert argv[:5] == ["kubectl", "get", "deployment/noetl-server", "deployment/noetl-worker",
+                        "deployment/ollama-bridge"]
     assert "--ignore-not-found" in argv and "--output=json" in argv
     assert "--namespace=noetl" in argv
     assert any(a.startswith("--request-timeout=") for a in argv)
@@ -120,16 +121,48 @@ def test_explicit_container_and_container_not_found(env):
 
 
 def test_auto_container_choice(env):
+    """v2: the same repository, else the default-container annotation, else the only
+    regular container; otherwise nothing is changed (never "the first")."""
+    annotated = deployment("c", {"cloudsql-proxy": "gcr.io/cloudsql-docker/gce-proxy:1",
+                                 "app": "busybox:1"})
+    annotated["spec"]["template"]["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/default-container": "app"}
+    on_the_workload = deployment("e", {"sidecar": "envoy:1", "main": "busybox:1"})
+    on_the_workload["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] = "main"
     cluster = {
         "a": deployment("a", {"proxy": "envoy:1", "app": OLD}),      # repository match
-        "b": deployment("b", {"first": "busybox:1", "second": "redis:7"}),  # no match: first
+        "b": deployment("b", {"cloudsql-proxy": "gcr.io/cloudsql-docker/gce-proxy:1",
+                              "second": "redis:7"}),                 # ambiguous: refused
+        "c": annotated,                                              # annotation on the template
+        "d": deployment("d", {"only": "busybox:1"}, init={"setup": "busybox:1"}),  # the only one
+        "e": on_the_workload,                                        # annotation on the workload
     }
     kubectl = FakeKubectl(cluster)
-    run = cli({"image": IMAGE, "deployments": ["a", "b"]}, kubectl, env)
+    run = cli({"image": IMAGE, "deployments": ["a", "b", "c", "d", "e"]}, kubectl, env)
     assert run.components["a"]["containers"] == ["app"]
-    assert run.components["b"]["containers"] == ["first"]
+    assert run.components["c"]["containers"] == ["app"]
+    assert run.components["d"]["containers"] == ["only"]
+    assert run.components["e"]["containers"] == ["main"]
+    b = run.components["b"]
+    assert b["status"] == "error" and b["error"]["code"] == "container_ambiguous"
+    assert "cloudsql-proxy, second" in b["error"]["message"]
+    assert "patch b" not in kubectl.verbs()
+    assert kubectl.image_of("b", "cloudsql-proxy") == "gcr.io/cloudsql-docker/gce-proxy:1"
     assert kubectl.image_of("a", "proxy") == "envoy:1"
-    assert kubectl.image_of("b", "second") == "redis:7"
+    assert kubectl.image_of("c", "cloudsql-proxy") == "gcr.io/cloudsql-docker/gce-proxy:1"
+    assert run.code == 1
+
+
+def test_a_first_container_that_is_a_sidecar_never_gets_the_app_image(env):
+    """The review's case: the sidecar comes first, the app runs another repository."""
+    kubectl = FakeKubectl({"api": deployment("api", {"cloudsql-proxy": "gcr.io/x/proxy:2",
+                                                     "api": "ghcr.io/noetl/other:v1"})})
+    run = cli({"image": IMAGE, "deployment": "api"}, kubectl, env)
+    assert run.code == 1 and run.components["api"]["error"]["code"] == "container_ambiguous"
+    assert kubectl.patches() == []
+    run = cli({"image": IMAGE, "deployment": "api", "container": "api"}, kubectl, env)
+    assert run.code == 0 and kubectl.image_of("api", "api") == IMAGE
+    assert kubectl.image_of("api", "cloudsql-proxy") == "gcr.io/x/proxy:2"
 
 
 def test_patch_sets_only_what_differs_and_records_change_cause(env):
@@ -303,7 +336,7 @@ def test_payload_values_never_become_flags(env):
             assert not arg.startswith("-") or arg.startswith((
                 "--context=", "--kubeconfig=", "--namespace=", "--output=", "--request-timeout=",
                 "--ignore-not-found", "--type=", "--field-manager=", "--patch=", "--watch=",
-                "--timeout=")), arg
+                "--timeout=", "--selector=")), arg
 
 
 def test_at_target_with_an_unfinished_rollout_is_waited_for(env):
@@ -334,15 +367,23 @@ def test_paused_deployment_is_reported_not_changed(env):
     assert kubectl.verbs() == ["get"]
 
 
-def test_scaled_to_zero_is_reported_not_success(env):
+def test_scaled_to_zero_is_changed_then_unchanged(env):
+    """v2: a KEDA-idle worker: the template is updated, replicas untouched, nothing
+    is waited for (verified null, a note); the rerun is unchanged and exits 0."""
     kubectl = FakeKubectl({"s": deployment("s", {"s": OLD}, replicas=0)})
     run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
-    assert run.code == 1
-    assert run.components["s"]["error"]["code"] == "scaled_to_zero"
+    assert run.code == 0, run.stdout
+    comp = run.components["s"]
+    assert comp["status"] == "changed" and comp["verified"] is None and comp["error"] is None
     assert kubectl.image_of("s", "s") == IMAGE       # the template is updated
+    assert kubectl.deployments["s"]["spec"]["replicas"] == 0
+    assert [p["spec"]["template"]["spec"] for p in kubectl.patches()] == [
+        {"containers": [{"name": "s", "image": IMAGE}]}]      # replicas never in a patch
     assert "rollout status s" not in kubectl.verbs()
+    assert "spec.replicas is 0" in run.stderr
     run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
-    assert run.components["s"]["error"]["code"] == "scaled_to_zero"
+    assert run.code == 0 and run.components["s"]["status"] == "unchanged"
+    assert kubectl.verbs()[-1] == "get"
 
 
 def test_pin_digest_sets_the_probed_digest(env):
@@ -400,10 +441,8 @@ def test_parallel_applies_every_change_before_waiting(env):
     run = cli({"image": IMAGE, "parallel": True}, kubectl, env)
     assert run.code == 0
     verbs = kubectl.verbs()
-    assert verbs[:4] == ["get", "patch noetl-server", "patch noetl-worker", "patch ollama-bridge"]
-    assert sorted(verbs[4:7]) == ["rollout status noetl-server", "rollout status noetl-worker",
-                                  "rollout status ollama-bridge"]
-    assert verbs[7:] == ["facts"]
+    assert verbs == ["get", "patch noetl-server", "patch noetl-worker", "patch ollama-bridge",
+                     "rollout status noetl-server noetl-worker ollama-bridge", "facts"]
     assert [e["component"] for e in run.event("component")] == [
         "noetl-server", "noetl-worker", "ollama-bridge"]
 

@@ -576,7 +576,7 @@ def test_every_kubectl_call_has_a_deadline(env):
         else:
             assert timeout == bump_image.KUBECTL_CALL_TIMEOUT
             assert "--request-timeout=%ds" % bump_image.KUBECTL_REQUEST_TIMEOUT in argv
-    assert verbs >= {"config current-context", "get deployments", "patch deployment",
+    assert verbs >= {"config current-context", "get deployment/noetl-server", "patch deployment",
                      "rollout status", "rollout undo", "get deployments,replicasets,pods"}
 
 
@@ -638,7 +638,7 @@ dep = {"apiVersion": "apps/v1", "kind": "Deployment",
            {"name": "server", "image": "%(old)s"}]}}},
        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
                   "availableReplicas": 1}}
-if args[:2] == ["get", "deployments"]:
+if args[:2] == ["get", "deployment/noetl-server"]:
     print(json.dumps(dep))
 elif args[:1] == ["patch"]:
     print("deployment.apps/noetl-server patched")
@@ -978,7 +978,7 @@ def test_signal_during_a_rollout_wait(cluster, signum, code, name):
         assert comps[name_]["error"]["code"] == "interrupted"
         assert comps[name_]["error"]["message"].startswith("interrupted by " + name)
     assert "may have been applied" in comps["noetl-worker"]["error"]["message"]
-    assert "before this Deployment was checked or changed" in comps["ollama-bridge"]["error"]["message"]
+    assert "before this workload was checked or changed" in comps["ollama-bridge"]["error"]["message"]
     summary = tool.events[-1]
     assert summary["status"] == "interrupted" and summary["exit_code"] == code
     assert summary["unchanged"] == 1 and summary["errors"] == 2

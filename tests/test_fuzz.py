@@ -164,15 +164,16 @@ def check_parse(payload):
         assert isinstance(line["error"]["message"], str) and line["error"]["message"]
         assert line["error"]["hint"] is None or isinstance(line["error"]["hint"], str)
         return "invalid"
-    assert isinstance(s, Settings) and isinstance(s.image, ImageRef)
-    assert s.image.tag is not None or s.image.digest is not None
-    assert s.deployments and len(set(s.deployments)) == len(s.deployments)
+    assert isinstance(s, Settings) and all(isinstance(ref, ImageRef) for ref in s.images)
+    assert all(ref.tag is not None or ref.digest is not None for ref in s.images)
+    assert s.workloads and len(set(s.workloads)) == len(s.workloads)
+    assert all(w.image in s.images for w in s.workloads)
     assert 1 <= s.probe_attempts <= 10000 and 1 <= s.rollout_timeout <= 86400
     for value in (s.probe_sleep, s.fail_fast_seconds):
         assert not isinstance(value, bool) and math.isfinite(value) and value >= 0
     assert s.probe in ("auto", "always", "never")
     for value in [s.namespace, s.container, s.context, s.kubeconfig, s.kubectl,
-                  s.expected_context] + list(s.deployments):
+                  s.expected_context] + [w.name for w in s.workloads]:
         assert value is None or (isinstance(value, str) and value and not value.startswith("-"))
     return "valid"
 

@@ -25,6 +25,7 @@ D64 = "a" * 64
     ("registry.example.com:8443/team/app:2.0", "registry.example.com:8443/team/app:2.0", True),
     ("[::1]:5000/app:1", "[::1]:5000/app:1", True),
     ("Upper/app:1", "Upper/app:1", True),
+    ("GHCR.io/noetl/noetl:v1", "GHCR.io/noetl/noetl:v1", True),
     ("a/b__c-d.e:t", "docker.io/a/b__c-d.e:t", False),
     ("app@sha256:" + D64, "docker.io/library/app@sha256:" + D64, False),
     ("ghcr.io/x/y:v1@sha256:" + D64, "ghcr.io/x/y:v1@sha256:" + D64, True),
@@ -87,6 +88,12 @@ def test_local_registry_rule(text, local):
     assert bump_image.is_local_registry(parse_image(text)) is local
 
 
+def test_registry_hosts_compare_case_insensitively():
+    assert parse_image("GHCR.io/noetl/noetl:v1") == parse_image("ghcr.io/noetl/noetl:v1")
+    assert parse_image("GHCR.io/noetl/noetl:v1").same_image(parse_image("ghcr.io/noetl/noetl:v1"))
+    assert parse_image("GHCR.io/noetl/noetl:v1").text == "GHCR.io/noetl/noetl:v1"
+
+
 def test_pinned_keeps_the_users_text():
     ref = parse_image("ghcr.io/noetl/noetl:v2")
     assert ref.pinned("sha256:" + D64) == "ghcr.io/noetl/noetl:v2@sha256:" + D64
@@ -103,7 +110,7 @@ def test_defaults():
     s = parse_payload({"image": IMG})
     assert s.image.text == IMG
     assert s.namespace == "noetl"
-    assert s.deployments == ["noetl-server", "noetl-worker", "ollama-bridge"]
+    assert [w.key for w in s.workloads] == ["noetl-server", "noetl-worker", "ollama-bridge"]
     assert s.listed is False
     assert (s.container, s.probe_attempts, s.probe_sleep, s.probe) == (None, 12, 10, "auto")
     assert (s.mirrors, s.rollout_timeout, s.dry_run) == ({}, 300, False)
@@ -117,7 +124,7 @@ def test_playbook_form():
     s = parse_payload({"image_repository": "ghcr.io/noetl/noetl", "target_tag": "v2.35.9",
                        "components": ["noetl-worker"]})
     assert s.image.text == IMG
-    assert s.deployments == ["noetl-worker"] and s.listed
+    assert [w.key for w in s.workloads] == ["noetl-worker"] and s.listed
 
 
 def test_both_forms_agreeing():
@@ -136,7 +143,7 @@ def test_every_key_accepted():
         "kubectl": "/opt/bin/kubectl", "pin_digest": True, "rollback_on_failure": True,
         "parallel": True, "fail_fast_seconds": 0})
     assert s.mirrors == {"ghcr.io": "https://mirror.internal/ghcr"}
-    assert s.deployments == ["a", "b.c"] and s.probe_sleep == 0.5 and s.fail_fast_seconds == 0
+    assert [w.name for w in s.workloads] == ["a", "b.c"] and s.probe_sleep == 0.5 and s.fail_fast_seconds == 0
 
 
 def test_null_means_default():

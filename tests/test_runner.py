@@ -26,7 +26,7 @@ def stub_kubectl(tmp_path, env):
 def test_default_runner_under_pytest_subprocess(fp, tmp_path, env):
     env = stub_kubectl(tmp_path, env)
     dep = deployment("noetl-server", {"server": IMAGE})
-    fp.register(["kubectl", "get", "deployments", "noetl-server", "--namespace=noetl",
+    fp.register(["kubectl", "get", "deployment/noetl-server", "--namespace=noetl",
                  "--ignore-not-found", "--output=json", fp.any()], stdout=json.dumps(dep))
     run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never",
                                             "deployment": "noetl-server"})], env=env)
@@ -41,12 +41,14 @@ def test_default_runner_change_and_rollout(fp, tmp_path, env):
     env = stub_kubectl(tmp_path, env)
     before = deployment("noetl-worker", {"worker": "ghcr.io/noetl/noetl:v1"},
                         init={"wait-for-api": "ghcr.io/noetl/noetl:v1"})
-    fp.register(["kubectl", "get", "deployments", fp.any()], stdout=json.dumps(before))
+    fp.register(["kubectl", "get", "deployment/noetl-worker", fp.any()],
+                stdout=json.dumps(before))
     fp.register(["kubectl", "patch", "deployment", "noetl-worker", fp.any()],
                 stdout="deployment.apps/noetl-worker patched\n")
     fp.register(["kubectl", "rollout", "status", "deployment/noetl-worker", fp.any()],
                 stdout='deployment "noetl-worker" successfully rolled out\n')
-    fp.register(["kubectl", "get", "deployments,replicasets,pods", fp.any()],
+    fp.register(["kubectl", "get", "deployments,replicasets,pods", "--namespace=noetl",
+                 "--selector=app=noetl-worker", fp.any()],
                 stdout=json.dumps({"kind": "List", "items": []}))
     run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never",
                                             "deployment": "noetl-worker"})], env=env)

@@ -127,7 +127,7 @@ def flags_used(argv):
 
 
 ALLOWED_FLAG = re.compile(r"--(context|kubeconfig|namespace|output|request-timeout|type"
-                          r"|field-manager|patch|watch|timeout|to-revision)=.+"
+                          r"|field-manager|patch|watch|timeout|to-revision|selector|cache-dir)=.+"
                           r"|--ignore-not-found$")
 
 
@@ -248,7 +248,7 @@ def test_popen_gets_a_list_and_never_a_shell(fp, tmp_path, env):
         seen.append((process.args, dict(process.kwargs or {})))
 
     dep = deployment("noetl-server", {"server": OLD})
-    fp.register(["kubectl", "get", "deployments", fp.any()], stdout=json.dumps(dep),
+    fp.register(["kubectl", "get", "deployment/noetl-server", fp.any()], stdout=json.dumps(dep),
                 callback=record)
     fp.register(["kubectl", "patch", fp.any()], stdout="patched\n", callback=record)
     fp.register(["kubectl", "rollout", "status", fp.any()], stdout="rolled out\n",
