@@ -25,6 +25,24 @@ Usage from tests::
     finally:
         stop_sim(proc)
 
+Sections of this file (each starts with a ``# ----`` banner), in order
+----------------------------------------------------------------------
+1. Constants - default version, timings, label/annotation keys, behaviour modes
+2. Small helpers - copies, timestamps, uids, hash encoding, image references
+3. Label and field selectors - parsing and matching
+4. Patches - strategic merge, JSON merge (RFC 7386) and JSON patch (RFC 6902)
+5. Resource types, errors, defaults, validation - the served kinds, API-server defaulting
+6. Object store with watch support - objects, resourceVersions, event history, watchers
+7. Behaviours - what a simulated container does (ready, hang, image_pull_backoff, ...)
+8. ControllerRevision history and pods of StatefulSets/DaemonSets - shared by 9 and 10
+9. StatefulSet controller (a mixin of the Cluster)
+10. DaemonSet controller (a mixin of the Cluster)
+11. The Cluster: control loop, Deployment and ReplicaSet controllers, kubelet
+12. The simulator state shared by the HTTP handlers - admin operations (add_*, reset, ...)
+13. HTTP layer - routing, the admin API, the Kubernetes API (list, watch, write, scale)
+14. Test-side helpers: client, process control, kubeconfig - SimClient, start_sim, ...
+15. Script entry point - main()
+
 What is simulated
 -----------------
 * ``/version``; legacy discovery (``/api``, ``/apis``, ``/api/v1``, ``/apis/apps``,
@@ -35,8 +53,9 @@ What is simulated
   ``/api/v1`` and ``/apis/apps/v1`` (nothing on stderr).  ``/openapi/*`` and every
   unknown path answer a 404 ``Status``; none of the commands below needs OpenAPI.
 * Resources: v1 Namespaces (``default``, ``kube-system`` and ``noetl`` always
-  exist), v1 Pods,
-  apps/v1 Deployments and ReplicaSets (plus their ``/status`` subresource):
+  exist), v1 Pods, apps/v1 Deployments, ReplicaSets, StatefulSets (short name
+  ``sts``), DaemonSets (``ds``) - these five with a ``/status`` subresource and in
+  the ``all`` category - and ControllerRevisions:
   GET, LIST (``labelSelector`` with ``=``, ``==``, ``!=``, ``in``, ``notin``,
   exists/``!``; ``fieldSelector`` on any dotted path such as ``metadata.name``;
   ``limit``/``continue``), WATCH (``watch=true|1``, ``resourceVersion``,
@@ -44,11 +63,20 @@ What is simulated
   ``sendInitialEvents=true&resourceVersionMatch=NotOlderThan``), POST, PUT,
   PATCH (strategic merge, JSON merge patch RFC 7386, JSON patch RFC 6902) and
   DELETE, all honouring ``?dryRun=All``; the autoscaling/v1 ``/scale``
-  subresource of Deployments and ReplicaSets (``kubectl scale``).  Every write
-  bumps a global ``resourceVersion`` and notifies watchers; ``metadata.generation`` of
-  Deployments/ReplicaSets grows when ``spec`` changes.  Errors are ``Status``
-  objects (``NotFound``, ``AlreadyExists``, ``Conflict``, ``Invalid``, ...), so
-  kubectl prints e.g. ``Error from server (NotFound): deployments.apps "x" not found``.
+  subresource of Deployments, ReplicaSets and StatefulSets (``kubectl scale``).
+  Every write bumps a global ``resourceVersion`` and notifies watchers;
+  ``metadata.generation`` of the four workload kinds grows when ``spec`` changes
+  (a DaemonSet's ``deprecated.daemonset.template.generation`` annotation when its
+  template does).  The API defaults are applied (StatefulSet: ``podManagementPolicy:
+  OrderedReady``, ``updateStrategy: {type: RollingUpdate, rollingUpdate:
+  {partition: 0}}`` - but an explicit ``{type: RollingUpdate}`` keeps
+  ``rollingUpdate`` unset, as on a real server; DaemonSet: ``maxUnavailable: 1``,
+  ``maxSurge: 0``) and the usual validation (StatefulSet spec fields other than
+  replicas/ordinals/template/updateStrategy/persistentVolumeClaimRetentionPolicy/
+  minReadySeconds are immutable; ``rollingUpdate`` only with RollingUpdate).
+  Errors are ``Status`` objects (``NotFound``, ``AlreadyExists``, ``Conflict``,
+  ``Invalid``, ...), so kubectl prints e.g. ``Error from server (NotFound):
+  deployments.apps "x" not found``.  Bodies are compact JSON, as the real server's.
 * Controllers (one daemon thread; a pass at most every 50 ms, and only after a
   write or when a timer such as a pod's delay is due): a Deployment controller with the
   real RollingUpdate arithmetic (maxSurge/maxUnavailable, 25 %/25 % by default)
@@ -57,14 +85,51 @@ What is simulated
   revision - this is what ``kubectl rollout undo`` relies on), change-cause
   copying, ``revisionHistoryLimit`` clean-up, ``paused``, progress deadline and
   the ``Progressing``/``Available``/``ReplicaFailure`` conditions; a ReplicaSet
-  controller; and a "kubelet" that derives each pod's status from its behaviour.
+  controller; a StatefulSet and a DaemonSet controller (below); and a "kubelet"
+  that derives each pod's status from its behaviour.
+* StatefulSet controller (after pkg/controller/statefulset, without volumes):
+  pods ``<name>-<ordinal>`` with labels ``controller-revision-hash: <revision
+  name>``, ``statefulset.kubernetes.io/pod-name`` and
+  ``apps.kubernetes.io/pod-index``, ``hostname``/``subdomain`` set and a controller
+  ownerReference; ``podManagementPolicy`` OrderedReady (create in ordinal order,
+  each after its predecessor is Ready; scale down from the highest ordinal) or
+  Parallel; ``updateStrategy`` RollingUpdate (replace the highest ordinal not at
+  the update revision, one at a time, each waiting for readiness; only ordinals
+  ``>= rollingUpdate.partition``; when every pod is updated and ready
+  ``currentRevision`` becomes ``updateRevision``) or OnDelete (pods are left
+  alone; a deleted one comes back at the update revision).  Status: ``replicas``,
+  ``readyReplicas``, ``currentReplicas``, ``updatedReplicas``,
+  ``availableReplicas`` (``minReadySeconds``), ``currentRevision``,
+  ``updateRevision``, ``observedGeneration``, ``collisionCount``.
+* DaemonSet controller (after pkg/controller/daemon): N simulated nodes
+  ``sim-node-1`` ... (default 3, ``set_nodes``; not API objects), one pod
+  ``<name>-<5 chars>`` per node with ``nodeName``, a node affinity on
+  ``metadata.name``, the DaemonSet tolerations and labels ``controller-revision-hash:
+  <hash>`` and ``pod-template-generation``; pods of removed nodes are deleted.
+  RollingUpdate honours ``maxUnavailable`` (delete old pods within it, then
+  create) and ``maxSurge`` (start a new pod next to the old one, delete the old
+  one when the new one is available); OnDelete as above.  Status:
+  ``desiredNumberScheduled``, ``currentNumberScheduled``,
+  ``updatedNumberScheduled``, ``numberReady``, ``numberAvailable``,
+  ``numberUnavailable``, ``numberMisscheduled``, ``observedGeneration`` (Go's
+  ``omitempty`` respected: zero counts other than the always-present ones are
+  left out), counted on the oldest non-terminating pod of each node.
+* ControllerRevisions ``<name>-<hash>`` of both: labels of the pod template plus
+  ``controller-revision-hash: <hash>``, the owner's annotations (so a
+  ``kubernetes.io/change-cause`` shows in ``kubectl rollout history``), a
+  controller ownerReference, ``revision`` numbers counting up and ``data`` as
+  the real controllers write it: ``{"spec": {"template": {..., "$patch":
+  "replace"}}}`` with sorted keys and, for a server version below 1.34,
+  ``"creationTimestamp": null`` in the template's metadata.  A revision whose
+  template equals the new one is re-used with the next number (``rollout undo``
+  relies on it); ``revisionHistoryLimit`` old revisions no pod uses are kept.
 
 Behaviours
 ----------
 A behaviour is resolved for every container when its pod is created: the
-image's behaviour (``set_image_behaviour``) wins, else the Deployment's default
-behaviour (``add_deployment(behaviour=...)``/``set_behaviour``), else
-``{"mode": "ready", "delay": 0.3}``.  Init containers run one after the other,
+image's behaviour (``set_image_behaviour``) wins, else the default behaviour of
+the pod's Deployment/StatefulSet/DaemonSet (``add_*(behaviour=...)``/
+``set_behaviour``), else ``{"mode": "ready", "delay": 0.3}``.  Init containers run one after the other,
 then the app containers start.  Modes (optional keys: ``delay`` seconds before
 the mode shows, ``message`` to override the default message):
 
@@ -78,7 +143,9 @@ the mode shows, ``message`` to override the default message):
 ``config_error``       waiting ``CreateContainerConfigError``
 ``replica_failure``    the ReplicaSet cannot create pods: RS and Deployment get a
                        ``ReplicaFailure`` condition, reason ``FailedCreate``,
-                       message ``pods "x-..." is forbidden: exceeded quota: ...``
+                       message ``pods "x-..." is forbidden: exceeded quota: ...``;
+                       a StatefulSet/DaemonSet just creates no pod (the real
+                       controllers only emit an event)
 
 Behaviours are snapshotted when a pod is created; changing them later does not
 touch existing pods.  ``imageID`` is ``<repo>@sha256:<digest>`` where the digest
@@ -89,10 +156,16 @@ Admin API (JSON in and out; not recorded in the request log; wrapped by SimClien
 ``GET    /_sim/health``                        -> ``{"ok": true, "server_version": ...}``
 ``POST   /_sim/reset``                         delete all but namespaces; clear log, faults,
                                               behaviours, digests; restore server version
+                                              and the 3 nodes
 ``POST   /_sim/deployments``                   body: the keyword arguments of
                                               ``SimClient.add_deployment`` -> the Deployment
-``DELETE /_sim/deployments/{ns}/{name}``       delete it with its ReplicaSets and pods
-``PUT    /_sim/behaviours/{ns}/{name}``        ``{"behaviour": {...} | null}``
+``POST   /_sim/statefulsets``, ``/_sim/daemonsets``  likewise (``add_statefulset``,
+                                              ``add_daemonset``)
+``DELETE /_sim/{deployments|statefulsets|daemonsets}/{ns}/{name}``  delete it at once
+                                              with its ReplicaSets, ControllerRevisions, pods
+``PUT    /_sim/behaviours/{ns}/{name}``        ``{"behaviour": {...} | null, "kind":
+                                              "Deployment" | "StatefulSet" | "DaemonSet"}``
+``PUT    /_sim/nodes`` / ``GET``                ``{"count": n}`` -> ``{"nodes": [names]}``
 ``PUT    /_sim/image-behaviours``              ``{"image": ..., "behaviour": {...} | null}``
 ``PUT    /_sim/digests``                       ``{"image": ..., "digest": ...}``
 ``PUT    /_sim/server-version``                ``{"version": "1.29.3"}``
@@ -170,6 +243,42 @@ ReplicaSet's, which is then re-used with the next revision number.
 ``kubectl set image`` sends a strategic merge patch with
 ``$setElementOrder/containers``; ``kubectl annotate`` a JSON merge patch.
 
+``kubectl rollout status statefulset/X`` and ``daemonset/X`` send exactly the
+requests of ``deployment/X`` above (GET, then list + watch or one WatchList,
+``fieldSelector=metadata.name%3DX``).  kubectl's messages (pkg/polymorphichelpers/
+rollout_status.go): for a StatefulSet ``Waiting for statefulset spec update to be
+observed...``, ``Waiting for N pods to be ready...`` and - because the API
+defaults ``rollingUpdate.partition`` to 0 - ``Waiting for partitioned roll out
+to finish: U out of R new pods have been updated...`` ending in ``partitioned
+roll out complete: U new pods have been updated...`` even without a partition;
+only a StatefulSet whose ``rollingUpdate`` is unset gets ``waiting for statefulset
+rolling update to complete U pods at revision X...`` / ``statefulset rolling
+update complete N pods at revision X...``.  For a DaemonSet ``Waiting for daemon
+set "X" rollout to finish: U out of D new pods have been updated...``, ``... A of
+D updated pods are available...``, ``daemon set "X" successfully rolled out``.
+With OnDelete both fail at once (exit 1, nothing on stdout): ``error: rollout
+status is only available for RollingUpdate strategy type``.
+
+``kubectl rollout undo statefulset/X`` (and ``daemonset/X``; all versions)::
+
+    GET   .../statefulsets/X            (twice)
+    GET   .../controllerrevisions?labelSelector=<selector, e.g. app%3DX>
+    PATCH .../statefulsets/X  application/strategic-merge-patch+json
+          <the chosen revision's data, byte for byte>
+
+and prints ``statefulset.apps/X rolled back``.  kubectl 1.37 sends the last three
+with ``Accept: application/vnd.kubernetes.protobuf,application/json`` (JSON is
+answered and accepted).  Before patching, kubectl compares its own JSON of the
+current template with the revision's ``data`` byte for byte; if equal it sends
+no PATCH and prints ``... skipped rollback (current template already matches
+revision N)``.  kubectl up to 1.33 writes ``"creationTimestamp": null`` there,
+1.34+ does not (as the simulator's revisions for a server below/from 1.34), so a
+1.37 kubectl against the default 1.32 server patches (a no-op) and says
+``rolled back``.  ``--to-revision`` of an unknown revision: ``error: unable to
+find specified revision N in history``; with one revision: ``error: no last
+revision to roll back to``.  ``kubectl rollout history`` lists the revisions'
+``revision`` numbers with their ``kubernetes.io/change-cause`` annotations.
+
 Limitations: no authentication/RBAC; JSON only - protobuf request bodies (sent
 by typed-client commands such as ``kubectl create deployment``) get a 415; no
 OpenAPI, so ``kubectl create -f``/``apply -f`` need ``--validate=false`` (they
@@ -178,6 +287,11 @@ apply; no Table output (kubectl's human-readable ``get`` falls back to NAME/AGE
 columns); no events, services or other kinds; label/field
 selectors and strategic-merge keys cover the common cases only; watches replay
 from a history of the last 20000 events (older ``resourceVersion`` -> 410).
+StatefulSets have no volumes (``volumeClaimTemplates`` are stored, not acted
+on), no ``maxUnavailable`` (the MaxUnavailableStatefulSet gate) and no
+``ordinals.start``; DaemonSets ignore node selectors, affinities and taints
+(every node runs a pod); nodes are not API objects; pods of all workloads
+report the same fixed IP scheme (hostIP follows the node).
 """
 from __future__ import annotations
 
@@ -204,6 +318,10 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+# --------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------
+
 DEFAULT_SERVER_VERSION = "1.32.4"
 DEFAULT_NAMESPACES = ("default", "kube-system", "noetl")
 TICK_SECONDS = 0.05
@@ -222,6 +340,22 @@ ANNOTATIONS_TO_SKIP = frozenset([
     REVISION, REVISION_HISTORY, DESIRED_REPLICAS, MAX_REPLICAS,
     "deprecated.deployment.rollback.to",
 ])
+# StatefulSet/DaemonSet labels and annotations (k8s.io/api/apps/v1).
+CONTROLLER_REVISION_HASH = "controller-revision-hash"
+STS_POD_NAME = "statefulset.kubernetes.io/pod-name"
+POD_INDEX = "apps.kubernetes.io/pod-index"
+DS_TEMPLATE_GENERATION = "pod-template-generation"
+DS_TEMPLATE_GENERATION_ANNOTATION = "deprecated.daemonset.template.generation"
+DEFAULT_NODES = 3
+# Tolerations the DaemonSet controller adds to its pods (pkg/controller/daemon/util).
+DAEMONSET_TOLERATIONS = (
+    ("node.kubernetes.io/not-ready", "NoExecute"),
+    ("node.kubernetes.io/unreachable", "NoExecute"),
+    ("node.kubernetes.io/disk-pressure", "NoSchedule"),
+    ("node.kubernetes.io/memory-pressure", "NoSchedule"),
+    ("node.kubernetes.io/pid-pressure", "NoSchedule"),
+    ("node.kubernetes.io/unschedulable", "NoSchedule"),
+)
 MODES = ("ready", "hang", "image_pull_backoff", "crash_loop", "config_error", "replica_failure")
 DEFAULT_BEHAVIOUR = {"mode": "ready", "delay": 0.3}
 HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -242,6 +376,20 @@ def iso(ts=None):
         ts = time.time()
     dt = datetime.datetime.fromtimestamp(int(ts), tz=datetime.timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _deleting(obj):
+    """Whether a pod (or any object) is terminating."""
+    return bool(obj["metadata"].get("deletionTimestamp"))
+
+
+def _epoch(timestamp):
+    """Epoch seconds of an RFC 3339 timestamp written by iso() (0 if unparsable)."""
+    try:
+        parsed = datetime.datetime.strptime(timestamp or "", "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return 0.0
+    return parsed.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def new_uid():
@@ -728,11 +876,15 @@ class ResourceType:
 
     @property
     def has_generation(self):
-        return self.plural in ("deployments", "replicasets")
+        return self.plural in ("deployments", "replicasets", "statefulsets", "daemonsets")
 
     @property
     def has_scale(self):
-        return self.plural in ("deployments", "replicasets")
+        return self.plural in ("deployments", "replicasets", "statefulsets")
+
+    @property
+    def has_status(self):
+        return self.plural != "controllerrevisions"
 
     def discovery(self):
         verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
@@ -743,7 +895,7 @@ class ResourceType:
         }]
         if self.categories:
             entries[0]["categories"] = self.categories
-        if self.plural != "namespaces":
+        if self.has_status and self.plural != "namespaces":
             entries.append({"name": self.plural + "/status", "singularName": "",
                             "namespaced": self.namespaced, "kind": self.kind,
                             "verbs": ["get", "patch", "update"]})
@@ -758,7 +910,14 @@ NAMESPACES = ResourceType("", "namespaces", "Namespace", False, ["ns"])
 PODS = ResourceType("", "pods", "Pod", True, ["po"], ["all"])
 DEPLOYMENTS = ResourceType("apps", "deployments", "Deployment", True, ["deploy"], ["all"])
 REPLICASETS = ResourceType("apps", "replicasets", "ReplicaSet", True, ["rs"], ["all"])
-RESOURCE_TYPES = (NAMESPACES, PODS, DEPLOYMENTS, REPLICASETS)
+STATEFULSETS = ResourceType("apps", "statefulsets", "StatefulSet", True, ["sts"], ["all"])
+DAEMONSETS = ResourceType("apps", "daemonsets", "DaemonSet", True, ["ds"], ["all"])
+CONTROLLERREVISIONS = ResourceType("apps", "controllerrevisions", "ControllerRevision", True, [])
+# Discovery order: apps/v1 alphabetical, as a real API server lists it (and so
+# ``kubectl get all`` prints daemonsets, deployments, replicasets, statefulsets).
+RESOURCE_TYPES = (NAMESPACES, PODS, CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, REPLICASETS,
+                  STATEFULSETS)
+WORKLOADS = (DEPLOYMENTS, STATEFULSETS, DAEMONSETS)  # what pods' behaviours are keyed by
 BY_GROUP_PLURAL = {(t.group, t.plural): t for t in RESOURCE_TYPES}
 
 
@@ -832,12 +991,16 @@ def apply_defaults(rtype, obj):
         obj.setdefault("status", {"phase": "Active"})
         meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta.get("name")
         return obj
+    if rtype is CONTROLLERREVISIONS:
+        obj.setdefault("revision", 0)
+        return obj
     spec = obj.setdefault("spec", {})
     if rtype is PODS:
         apply_pod_spec_defaults(spec)
         obj.setdefault("status", {"phase": "Pending", "qosClass": "BestEffort"})
         return obj
-    spec.setdefault("replicas", 1)
+    if rtype is not DAEMONSETS:
+        spec.setdefault("replicas", 1)
     template = spec.setdefault("template", {})
     template_meta = template.setdefault("metadata", {})
     if template_meta.get("creationTimestamp", "") is None:
@@ -854,6 +1017,30 @@ def apply_defaults(rtype, obj):
             rolling.setdefault("maxUnavailable", "25%")
         if not meta.get("labels") and template["metadata"].get("labels"):
             meta["labels"] = clone(template["metadata"]["labels"])
+    elif rtype is STATEFULSETS:  # SetDefaults_StatefulSet
+        spec.setdefault("podManagementPolicy", "OrderedReady")
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("persistentVolumeClaimRetentionPolicy",
+                        {"whenDeleted": "Retain", "whenScaled": "Retain"})
+        strategy = spec.setdefault("updateStrategy", {})
+        if not strategy.get("type"):
+            strategy["type"] = "RollingUpdate"
+            if strategy.get("rollingUpdate") is None:
+                strategy["rollingUpdate"] = {}
+        # An explicit {"type": "RollingUpdate"} keeps rollingUpdate unset (kubectl's
+        # rollout status then takes its "rolling update complete" branch).
+        if strategy["type"] == "RollingUpdate" and isinstance(strategy.get("rollingUpdate"), dict):
+            strategy["rollingUpdate"].setdefault("partition", 0)
+    elif rtype is DAEMONSETS:  # SetDefaults_DaemonSet
+        spec.setdefault("revisionHistoryLimit", 10)
+        strategy = spec.setdefault("updateStrategy", {})
+        if not strategy.get("type"):
+            strategy["type"] = "RollingUpdate"
+        if strategy["type"] == "RollingUpdate":
+            if strategy.get("rollingUpdate") is None:
+                strategy["rollingUpdate"] = {}
+            strategy["rollingUpdate"].setdefault("maxUnavailable", 1)
+            strategy["rollingUpdate"].setdefault("maxSurge", 0)
     obj.setdefault("status", {})
     return obj
 
@@ -883,6 +1070,69 @@ def _validate_pod_spec(spec, prefix):
     return causes
 
 
+def _unsupported(field, value, supported):
+    return (field, "Unsupported value: %s: supported values: %s"
+            % (json.dumps(value), ", ".join('"%s"' % v for v in supported)))
+
+
+# The StatefulSet spec fields an update may change (ValidateStatefulSetUpdate).
+STATEFULSET_MUTABLE = ("replicas", "ordinals", "template", "updateStrategy",
+                       "persistentVolumeClaimRetentionPolicy", "minReadySeconds")
+
+
+def _validate_statefulset(spec, old):
+    causes = []
+    policy = spec.get("podManagementPolicy")
+    if policy not in ("OrderedReady", "Parallel"):
+        causes.append(_unsupported("spec.podManagementPolicy", policy, ("OrderedReady", "Parallel")))
+    strategy = spec.get("updateStrategy") or {}
+    kind, rolling = strategy.get("type"), strategy.get("rollingUpdate")
+    if kind not in ("OnDelete", "RollingUpdate"):
+        causes.append(_unsupported("spec.updateStrategy.type", kind, ("OnDelete", "RollingUpdate")))
+    elif kind == "OnDelete" and rolling is not None:
+        causes.append(("spec.updateStrategy.rollingUpdate", "Invalid value: %s: only allowed for "
+                       "updateStrategy 'RollingUpdate'" % json.dumps(rolling, sort_keys=True)))
+    elif isinstance(rolling, dict):
+        partition = rolling.get("partition", 0)
+        if not isinstance(partition, int) or partition < 0:
+            causes.append(("spec.updateStrategy.rollingUpdate.partition",
+                           "Invalid value: %r: must be greater than or equal to 0" % (partition,)))
+    if old is not None:
+        def frozen(s):
+            return canonical({k: v for k, v in s.items() if k not in STATEFULSET_MUTABLE})
+        if frozen(spec) != frozen(old.get("spec") or {}):
+            causes.append(("spec", "Forbidden: updates to statefulset spec for fields other than "
+                           "'replicas', 'ordinals', 'template', 'updateStrategy', "
+                           "'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are "
+                           "forbidden"))
+    return causes
+
+
+def _validate_daemonset(spec):
+    causes = []
+    strategy = spec.get("updateStrategy") or {}
+    kind = strategy.get("type")
+    if kind not in ("OnDelete", "RollingUpdate"):
+        causes.append(_unsupported("spec.updateStrategy.type", kind, ("OnDelete", "RollingUpdate")))
+    elif kind == "RollingUpdate":
+        rolling = strategy.get("rollingUpdate") or {}
+        try:
+            surge = parse_int_or_percent(rolling.get("maxSurge", 0), 100, True)
+            unavailable = parse_int_or_percent(rolling.get("maxUnavailable", 1), 100, True)
+        except ValueError:
+            surge = unavailable = 1
+            causes.append(("spec.updateStrategy.rollingUpdate", "Invalid value: %s: must be an "
+                           "integer or percentage (e.g '5%%')" % json.dumps(rolling)))
+        if surge == 0 and unavailable == 0:
+            causes.append(("spec.updateStrategy.rollingUpdate.maxUnavailable",
+                           "Invalid value: %s: may not be 0 when `maxSurge` is 0"
+                           % json.dumps(rolling.get("maxUnavailable"))))
+    restart = ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy")
+    if restart != "Always":
+        causes.append(_unsupported("spec.template.spec.restartPolicy", restart, ("Always",)))
+    return causes
+
+
 def validate(rtype, obj, old=None):
     name = obj["metadata"].get("name", "")
     causes = []
@@ -891,12 +1141,24 @@ def validate(rtype, obj, old=None):
                        "must consist of lower case alphanumeric characters, '-' or '.'" % name))
     if rtype is PODS:
         causes += _validate_pod_spec(obj.get("spec"), "spec")
-    elif rtype in (DEPLOYMENTS, REPLICASETS):
+    elif rtype is CONTROLLERREVISIONS:
+        revision = obj.get("revision")
+        if not isinstance(revision, int) or revision < 0:
+            causes.append(("revision", "Invalid value: %r: must be greater than or equal to 0"
+                           % (revision,)))
+        if old is not None and canonical(obj.get("data")) != canonical(old.get("data")):
+            causes.append(("data", "Invalid value: %s: field is immutable"
+                           % json.dumps(obj.get("data"), sort_keys=True)))
+    elif rtype in (DEPLOYMENTS, REPLICASETS, STATEFULSETS, DAEMONSETS):
         spec = obj.get("spec") or {}
         replicas = spec.get("replicas")
-        if not isinstance(replicas, int) or replicas < 0:
+        if rtype is not DAEMONSETS and (not isinstance(replicas, int) or replicas < 0):
             causes.append(("spec.replicas", "Invalid value: %r: must be greater than or equal to 0"
                            % (replicas,)))
+        if rtype is STATEFULSETS:
+            causes += _validate_statefulset(spec, old)
+        elif rtype is DAEMONSETS:
+            causes += _validate_daemonset(spec)
         selector = spec.get("selector")
         if not selector or not (selector.get("matchLabels") or selector.get("matchExpressions")):
             causes.append(("spec.selector", "Required value"))
@@ -906,7 +1168,7 @@ def validate(rtype, obj, old=None):
                 causes.append(("spec.template.metadata.labels",
                                "Invalid value: %s: `selector` does not match template `labels`"
                                % json.dumps(labels, sort_keys=True)))
-            if old is not None and rtype is DEPLOYMENTS and \
+            if old is not None and rtype in (DEPLOYMENTS, DAEMONSETS) and \
                     canonical(selector) != canonical(old["spec"].get("selector")):
                 causes.append(("spec.selector", "Invalid value: %s: field is immutable"
                                % json.dumps(selector, sort_keys=True)))
@@ -919,6 +1181,15 @@ def validate(rtype, obj, old=None):
 # --------------------------------------------------------------------------
 # Object store with watch support
 # --------------------------------------------------------------------------
+
+def daemonset_template_generation(ds):
+    """The ``deprecated.daemonset.template.generation`` of a DaemonSet (1 if unset)."""
+    value = (ds["metadata"].get("annotations") or {}).get(DS_TEMPLATE_GENERATION_ANNOTATION)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 1
+
 
 class Watcher:
     """A registered watch: events are queued here by the store."""
@@ -1000,6 +1271,10 @@ class Store:
             meta["creationTimestamp"] = iso()
             if rtype.has_generation:
                 meta["generation"] = 1
+            if rtype is DAEMONSETS:  # the API server tracks the template generation
+                annotations = meta.get("annotations") or {}
+                annotations[DS_TEMPLATE_GENERATION_ANNOTATION] = "1"
+                meta["annotations"] = annotations
             for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
                 meta.pop(field, None)
             if dry_run:
@@ -1027,6 +1302,14 @@ class Store:
                 if canonical(obj.get("spec")) != canonical(old.get("spec")):
                     generation += 1
                 meta["generation"] = generation
+            if rtype is DAEMONSETS:
+                template_generation = daemonset_template_generation(old)
+                if canonical(obj.get("spec", {}).get("template")) != \
+                        canonical(old.get("spec", {}).get("template")):
+                    template_generation += 1
+                annotations = meta.get("annotations") or {}
+                annotations[DS_TEMPLATE_GENERATION_ANNOTATION] = str(template_generation)
+                meta["annotations"] = annotations
             if canonical(obj) == canonical(old) or dry_run:
                 return clone(obj)
             self.rv += 1
@@ -1084,7 +1367,7 @@ class Store:
 
 
 # --------------------------------------------------------------------------
-# Behaviours, kubelet and controllers
+# Behaviours
 # --------------------------------------------------------------------------
 
 def normalize_behaviour(behaviour):
@@ -1109,17 +1392,585 @@ def _container_id(pod_uid, name, restarts):
     return "containerd://" + hashlib.sha256(raw.encode()).hexdigest()
 
 
-class Cluster:
+# --------------------------------------------------------------------------
+# ControllerRevision history and pods of StatefulSets/DaemonSets (mixin of Cluster)
+# --------------------------------------------------------------------------
+
+def revision_data(template, null_timestamp=True):
+    """The ``data`` of a ControllerRevision for a pod template, as the real
+    controllers write it: a strategic merge patch ``{"spec": {"template": {...,
+    "$patch": "replace"}}}`` with every key sorted (Go marshals a map) and, with
+    ``null_timestamp``, the ``"creationTimestamp": null`` that apimachinery
+    before 1.34 puts into the template's metadata.  ``kubectl rollout undo``
+    sends it back verbatim as the patch, and compares it byte for byte with its
+    own rendering of the current template to decide "skipped rollback"."""
+    template = clone(template)
+    if null_timestamp:
+        template.setdefault("metadata", {}).setdefault("creationTimestamp", None)
+    template["$patch"] = "replace"
+    return json.loads(canonical({"spec": {"template": template}}))
+
+
+def template_of_revision(revision):
+    """The pod template a ControllerRevision's ``data`` restores (``revision``
+    may also be the ``data`` itself)."""
+    data = revision.get("data") if "data" in revision else revision
+    data = data or {}
+    template = clone((data.get("spec") or {}).get("template") or {})
+    template.pop("$patch", None)
+    meta = template.get("metadata")
+    if isinstance(meta, dict) and "creationTimestamp" in meta and meta["creationTimestamp"] is None:
+        del meta["creationTimestamp"]
+    return template
+
+
+def revision_number(revision):
+    return revision.get("revision") or 0
+
+
+class WorkloadHistory:
+    """What the StatefulSet and DaemonSet controllers share: their
+    ControllerRevisions (pkg/controller/history) and pod creation.  A mixin of
+    Cluster: ``self`` is the Cluster."""
+
+    def sync_history(self, owner, create=True):
+        """Find (or, with ``create``, make) the ControllerRevision of ``owner``'s
+        current template.  Returns (that revision or None, all of owner's
+        revisions oldest first, collisionCount).
+
+        As in the real controllers: the newest revision with an equal template
+        is the update revision; if it is not the newest revision it is re-used
+        with the next revision number (what ``rollout undo`` relies on);
+        otherwise a revision ``<name>-<hash>`` is created with the template's
+        labels plus ``controller-revision-hash``, the owner's annotations (so a
+        ``kubernetes.io/change-cause`` shows in ``rollout history``) and a
+        controller ownerReference."""
+        meta, spec = owner["metadata"], owner["spec"]
+        namespace = meta["namespace"]
+        revisions = sorted(self.owned(CONTROLLERREVISIONS, owner, namespace),
+                           key=lambda r: (revision_number(r), r["metadata"]["name"]))
+        collision = (owner.get("status") or {}).get("collisionCount") or 0
+        data = revision_data(spec.get("template") or {}, self.null_creation_timestamp)
+        wanted = canonical(template_of_revision(data))
+        equal = [r for r in revisions if canonical(template_of_revision(r)) == wanted]
+        if not create:
+            return (equal[-1] if equal else None), revisions, collision
+        next_number = revision_number(revisions[-1]) + 1 if revisions else 1
+        if equal:
+            update = equal[-1]
+            if update["metadata"]["name"] != revisions[-1]["metadata"]["name"]:
+                renumbered = clone(update)
+                renumbered["revision"] = next_number
+                renumbered = self.store.update(CONTROLLERREVISIONS, renumbered)
+                revisions = [r for r in revisions
+                             if r["metadata"]["name"] != update["metadata"]["name"]] + [renumbered]
+                update = renumbered
+            return update, revisions, collision
+        while True:
+            revision_hash = self.template_hash(spec.get("template") or {}, collision)
+            name = "%s-%s" % (meta["name"], revision_hash)
+            if self.store.get(CONTROLLERREVISIONS, namespace, name) is None:
+                break
+            collision += 1
+        labels = clone(((spec.get("template") or {}).get("metadata") or {}).get("labels") or {})
+        labels[CONTROLLER_REVISION_HASH] = revision_hash
+        revision = {
+            "metadata": {
+                "name": name, "namespace": namespace, "labels": labels,
+                "annotations": clone(meta.get("annotations") or {}),
+                "ownerReferences": [self.controller_ref(owner)],
+            },
+            "data": data, "revision": next_number,
+        }
+        if not revision["metadata"]["annotations"]:
+            del revision["metadata"]["annotations"]
+        created = self.store.create(CONTROLLERREVISIONS, apply_defaults(CONTROLLERREVISIONS,
+                                                                        revision))
+        return created, revisions + [created], collision
+
+    def truncate_history(self, owner, revisions, live_names):
+        """Delete the oldest revisions no pod uses beyond ``revisionHistoryLimit``."""
+        limit = owner["spec"].get("revisionHistoryLimit", 10)
+        history = [r for r in revisions if r["metadata"]["name"] not in live_names]
+        for revision in history[:max(0, len(history) - limit)]:
+            self.store.delete(CONTROLLERREVISIONS, revision["metadata"]["namespace"],
+                              revision["metadata"]["name"])
+
+    @staticmethod
+    def controller_ref(owner):
+        meta = owner["metadata"]
+        return {"apiVersion": "apps/v1", "kind": owner["kind"], "name": meta["name"],
+                "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+    def pod_from_template(self, owner, template, name, labels, node):
+        """A pod of ``owner`` (controller.GetPodFromTemplate), not yet stored."""
+        meta = owner["metadata"]
+        template_meta = template.get("metadata") or {}
+        pod = {
+            "metadata": {
+                "name": name, "generateName": meta["name"] + "-",
+                "namespace": meta["namespace"], "labels": labels,
+                "ownerReferences": [self.controller_ref(owner)],
+            },
+            "spec": clone(template.get("spec") or {}),
+        }
+        if template_meta.get("annotations"):
+            pod["metadata"]["annotations"] = clone(template_meta["annotations"])
+        pod["spec"]["nodeName"] = node
+        return apply_defaults(PODS, pod)
+
+    def start_pod(self, pod, workload, now):
+        """Store ``pod`` and start its kubelet clock with the behaviours of its
+        containers (``workload`` = (kind, namespace, name) picks the default
+        behaviour).  Returns the stored pod, or None if it could not be made."""
+        try:
+            pod = self.store.create(PODS, pod)
+        except ApiError:  # e.g. a pod of that name that someone else made
+            return None
+        init, app = self.resolve_behaviours(pod["spec"], workload)
+        if workload in self.instant:
+            init = [{"mode": "ready", "delay": 0.0} for _ in init]
+            app = [{"mode": "ready", "delay": 0.0} for _ in app]
+        self.pod_runtime[pod["metadata"]["uid"]] = {"start": now, "init": init, "app": app,
+                                                    "ready_at": None}
+        self.sync_pod(pod, now)
+        return pod
+
+    def created_at(self, pod):
+        """Creation time with sub-second precision (the kubelet clock's start)."""
+        start = (self.pod_runtime.get(pod["metadata"]["uid"]) or {}).get("start")
+        if start is None:
+            start = _epoch(pod["metadata"].get("creationTimestamp"))
+        return (start, pod["metadata"]["name"])
+
+    def running_and_ready(self, pod):
+        return (pod.get("status") or {}).get("phase") == "Running" and self._pod_ready(pod)
+
+    def available(self, pod, min_ready_seconds, now):
+        """Ready for at least ``min_ready_seconds`` (podutil.IsPodAvailable)."""
+        if not self.running_and_ready(pod):
+            return False
+        if not min_ready_seconds:
+            return True
+        ready_at = (self.pod_runtime.get(pod["metadata"]["uid"]) or {}).get("ready_at")
+        if ready_at is None:
+            return False
+        if now - ready_at >= min_ready_seconds:
+            return True
+        self.wake(ready_at + min_ready_seconds)
+        return False
+
+    def write_status(self, rtype, obj, status):
+        """Store ``status`` (keeping ``conditions``) if it differs."""
+        old = obj.get("status") or {}
+        if old.get("conditions"):
+            status["conditions"] = old["conditions"]
+        if canonical(status) != canonical(old):
+            current = self.store.get(rtype, obj["metadata"]["namespace"], obj["metadata"]["name"])
+            if current is not None:
+                current["status"] = status
+                self.store.update(rtype, current)
+
+
+# --------------------------------------------------------------------------
+# StatefulSet controller (mixin of Cluster)
+# --------------------------------------------------------------------------
+
+_ORDINAL_NAME = re.compile(r"^(.*)-([0-9]+)$")
+
+
+class StatefulSetController:
+    """pkg/controller/statefulset, without volumes: pods ``<name>-<ordinal>``,
+    OrderedReady or Parallel pod management, RollingUpdate (with partition) or
+    OnDelete.  A mixin of Cluster: ``self`` is the Cluster."""
+
+    @staticmethod
+    def pod_ordinal(sts, pod):
+        match = _ORDINAL_NAME.match(pod["metadata"]["name"])
+        if not match or match.group(1) != sts["metadata"]["name"]:
+            return -1
+        return int(match.group(2))
+
+    @staticmethod
+    def statefulset_partition(sts):
+        """Ordinals below it keep the current revision; None if rollingUpdate is unset."""
+        strategy = sts["spec"].get("updateStrategy") or {}
+        rolling = strategy.get("rollingUpdate")
+        if strategy.get("type") != "RollingUpdate" or not isinstance(rolling, dict):
+            return None
+        return rolling.get("partition") or 0
+
+    def sync_statefulset(self, sts, now, manage=True):
+        """One sync; with ``manage=False`` only the status is brought up to date."""
+        update, revisions, collision = self.sync_history(sts, create=manage)
+        if update is None:
+            return
+        current_name = (sts.get("status") or {}).get("currentRevision")
+        current = update
+        for revision in revisions:
+            if revision["metadata"]["name"] == current_name:
+                current = revision
+        if manage:
+            self._manage_statefulset(sts, current, update, now)
+        pods = [p for p in self.owned(PODS, sts, sts["metadata"]["namespace"])
+                if self.pod_ordinal(sts, p) >= 0]
+        self._statefulset_status(sts, pods, current, update, collision, now)
+        if manage:
+            live = {current["metadata"]["name"], update["metadata"]["name"]}
+            live.update((p["metadata"].get("labels") or {}).get(CONTROLLER_REVISION_HASH)
+                        for p in pods)
+            self.truncate_history(sts, revisions, live)
+
+    def _manage_statefulset(self, sts, current, update, now):
+        """updateStatefulSet: create missing ordinals, delete condemned ones, then
+        roll (highest ordinal first, one at a time, each waiting for health)."""
+        spec = sts["spec"]
+        count = spec.get("replicas", 1)
+        monotonic = spec.get("podManagementPolicy") != "Parallel"
+        rolling = (spec.get("updateStrategy") or {}).get("type") == "RollingUpdate"
+        partition = self.statefulset_partition(sts)
+        min_ready = spec.get("minReadySeconds", 0) or 0
+        replicas, condemned = [None] * count, []
+        for pod in self.owned(PODS, sts, sts["metadata"]["namespace"]):
+            ordinal = self.pod_ordinal(sts, pod)
+            if 0 <= ordinal < count:
+                replicas[ordinal] = pod
+            elif ordinal >= count:
+                condemned.append(pod)
+        condemned.sort(key=lambda p: self.pod_ordinal(sts, p), reverse=True)
+
+        def healthy(pod):
+            return self.running_and_ready(pod) and not _deleting(pod)
+
+        # 1. Each ordinal in [0, replicas): create it, or (OrderedReady) wait for it.
+        for ordinal in range(count):
+            pod = replicas[ordinal]
+            if pod is None:
+                at_current = partition is not None and ordinal < partition
+                self._create_statefulset_pod(sts, current if at_current else update, ordinal, now)
+                if monotonic:
+                    return
+                continue
+            if monotonic and (_deleting(pod) or not self.available(pod, min_ready, now)):
+                return
+        # 2. Scale down: condemned pods, highest ordinal first.
+        first_unhealthy = None
+        for pod in reversed(condemned):
+            if not healthy(pod):
+                first_unhealthy = pod
+                break
+        for pod in condemned:
+            if _deleting(pod):
+                if monotonic:
+                    return
+                continue
+            if monotonic and pod is not first_unhealthy and \
+                    not self.available(pod, min_ready, now):
+                return
+            self.terminate_pod(pod, now)
+            if monotonic:
+                return
+        # 3. RollingUpdate: replace the highest ordinal >= partition not at the update revision.
+        if not rolling:
+            return  # OnDelete: a pod is replaced (at the update revision) when deleted
+        for ordinal in range(count - 1, (partition or 0) - 1, -1):
+            pod = replicas[ordinal]
+            if pod is None:
+                return  # created in this pass (Parallel)
+            revision = (pod["metadata"].get("labels") or {}).get(CONTROLLER_REVISION_HASH)
+            if revision != update["metadata"]["name"] and not _deleting(pod):
+                self.terminate_pod(pod, now)
+                return
+            if not healthy(pod):
+                return
+
+    def _create_statefulset_pod(self, sts, revision, ordinal, now):
+        meta = sts["metadata"]
+        name = "%s-%d" % (meta["name"], ordinal)
+        workload = ("StatefulSet", meta["namespace"], meta["name"])
+        template = template_of_revision(revision)
+        if self.creation_failure(template.get("spec") or {}, workload, name) is not None:
+            return None
+        labels = clone((template.get("metadata") or {}).get("labels") or {})
+        labels.update({CONTROLLER_REVISION_HASH: revision["metadata"]["name"],
+                       STS_POD_NAME: name, POD_INDEX: str(ordinal)})
+        node = "sim-node-%d" % (ordinal % max(1, self.nodes) + 1)
+        pod = self.pod_from_template(sts, template, name, labels, node)
+        pod["spec"]["hostname"] = name
+        if sts["spec"].get("serviceName"):
+            pod["spec"]["subdomain"] = sts["spec"]["serviceName"]
+        return self.start_pod(pod, workload, now)
+
+    def _statefulset_status(self, sts, pods, current, update, collision, now):
+        """computeReplicaStatus + completeRollingUpdate."""
+        meta, spec = sts["metadata"], sts["spec"]
+        min_ready = spec.get("minReadySeconds", 0) or 0
+        current_name, update_name = current["metadata"]["name"], update["metadata"]["name"]
+        created = ready = available = at_current = at_update = 0
+        for pod in pods:
+            created += 1
+            if self.running_and_ready(pod):
+                ready += 1
+                if self.available(pod, min_ready, now):
+                    available += 1
+            if not _deleting(pod):
+                revision = (pod["metadata"].get("labels") or {}).get(CONTROLLER_REVISION_HASH)
+                at_current += revision == current_name
+                at_update += revision == update_name
+        if (spec.get("updateStrategy") or {}).get("type") == "RollingUpdate" and \
+                at_update == created and ready == created:
+            at_current, current_name = at_update, update_name
+        status = {"observedGeneration": meta.get("generation", 1), "replicas": created,
+                  "availableReplicas": available, "currentRevision": current_name,
+                  "updateRevision": update_name, "collisionCount": collision}
+        for key, value in (("readyReplicas", ready), ("currentReplicas", at_current),
+                           ("updatedReplicas", at_update)):
+            if value:
+                status[key] = value
+        self.write_status(STATEFULSETS, sts, status)
+
+
+# --------------------------------------------------------------------------
+# DaemonSet controller (mixin of Cluster)
+# --------------------------------------------------------------------------
+
+class DaemonSetController:
+    """pkg/controller/daemon: one pod per simulated node (``sim-node-1`` ...,
+    ``set_nodes``), RollingUpdate (maxUnavailable, maxSurge) or OnDelete.
+    A mixin of Cluster: ``self`` is the Cluster."""
+
+    def node_names(self):
+        return ["sim-node-%d" % i for i in range(1, self.nodes + 1)]
+
+    @staticmethod
+    def daemonset_budget(ds, desired):
+        """(maxSurge, maxUnavailable) scaled to the desired number of pods."""
+        strategy = ds["spec"].get("updateStrategy") or {}
+        if strategy.get("type") != "RollingUpdate":
+            return 0, 1
+        rolling = strategy.get("rollingUpdate") or {}
+        surge = parse_int_or_percent(rolling.get("maxSurge", 0), desired, True)
+        unavailable = parse_int_or_percent(rolling.get("maxUnavailable", 1), desired, True)
+        if surge == 0 and unavailable == 0:
+            unavailable = 1
+        return surge, unavailable
+
+    @staticmethod
+    def daemon_pod_updated(pod, revision_hash, generation):
+        """util.IsPodUpdated: the revision hash or the template generation matches."""
+        labels = pod["metadata"].get("labels") or {}
+        return labels.get(CONTROLLER_REVISION_HASH) == revision_hash or \
+            labels.get(DS_TEMPLATE_GENERATION) == generation
+
+    def daemon_pods_by_node(self, ds):
+        by_node = {}
+        for pod in self.owned(PODS, ds, ds["metadata"]["namespace"]):
+            by_node.setdefault(pod["spec"].get("nodeName"), []).append(pod)
+        for pods in by_node.values():
+            pods.sort(key=self.created_at)
+        return by_node
+
+    def sync_daemonset(self, ds, now, manage=True):
+        """One sync; with ``manage=False`` only the status is brought up to date."""
+        current, revisions, collision = self.sync_history(ds, create=manage)
+        if current is None:
+            return
+        revision_hash = current["metadata"]["labels"].get(CONTROLLER_REVISION_HASH)
+        generation = str(daemonset_template_generation(ds))
+        nodes = self.node_names()
+        if manage:
+            acted = self._manage_daemonset(ds, nodes, revision_hash, now)
+            # Like the controller's expectations: roll only once creations/deletions are seen.
+            if not acted and (ds["spec"].get("updateStrategy") or {}).get("type") == \
+                    "RollingUpdate":
+                self._roll_daemonset(ds, nodes, revision_hash, generation, now)
+        by_node = self.daemon_pods_by_node(ds)
+        self._daemonset_status(ds, nodes, by_node, revision_hash, generation, collision, now)
+        if manage:
+            hashes = {(p["metadata"].get("labels") or {}).get(CONTROLLER_REVISION_HASH)
+                      for pods in by_node.values() for p in pods}
+            live = {current["metadata"]["name"]}
+            live.update(r["metadata"]["name"] for r in revisions
+                        if (r["metadata"].get("labels") or {}).get(CONTROLLER_REVISION_HASH)
+                        in hashes)
+            self.truncate_history(ds, revisions, live)
+
+    def _manage_daemonset(self, ds, nodes, revision_hash, now):
+        """manage/podsShouldBeOnNode: a pod on every node, extra pods deleted.
+        Returns whether anything was created or deleted."""
+        surge, _ = self.daemonset_budget(ds, len(nodes))
+        min_ready = ds["spec"].get("minReadySeconds", 0) or 0
+        by_node = self.daemon_pods_by_node(ds)
+        acted = False
+        for node in nodes:
+            pods = by_node.get(node, [])
+            running = [p for p in pods if not _deleting(p)]
+            if not running:
+                if pods and not surge:
+                    continue  # without surge, wait until the terminating pod is gone
+                acted = self._create_daemon_pod(ds, node, revision_hash, now) is not None or acted
+                continue
+            excess = []
+            if not surge:
+                excess = running[1:]  # keep the oldest
+            elif len(running) > 1:
+                oldest_new = oldest_old = None
+                for pod in running:
+                    is_new = (pod["metadata"].get("labels") or {}).get(CONTROLLER_REVISION_HASH) \
+                        == revision_hash
+                    if is_new and oldest_new is None:
+                        oldest_new = pod
+                    elif not is_new and oldest_old is None:
+                        oldest_old = pod
+                    else:
+                        excess.append(pod)
+                if oldest_new is not None and oldest_old is not None and \
+                        (not self._pod_ready(oldest_old) or
+                         self.available(oldest_new, min_ready, now)):
+                    excess.append(oldest_old)
+            for pod in excess:
+                self.terminate_pod(pod, now)
+                acted = True
+        for node, pods in by_node.items():
+            if node not in nodes:  # the node is gone: so are its pods
+                for pod in pods:
+                    if not _deleting(pod):
+                        self.terminate_pod(pod, now)
+                        acted = True
+        return acted
+
+    def _roll_daemonset(self, ds, nodes, revision_hash, generation, now):
+        """rollingUpdate: without surge, delete old pods within maxUnavailable (the
+        manage pass then creates new ones); with surge, start new pods next to old
+        ones within maxSurge and delete an old pod once its replacement is available."""
+        surge, max_unavailable = self.daemonset_budget(ds, len(nodes))
+        min_ready = ds["spec"].get("minReadySeconds", 0) or 0
+        by_node = self.daemon_pods_by_node(ds)
+
+        def split(pods):  # findUpdatedPodsOnNode -> (new, old, ok)
+            new = old = None
+            for pod in pods:
+                if _deleting(pod):
+                    continue
+                if self.daemon_pod_updated(pod, revision_hash, generation):
+                    if new is not None:
+                        return None, None, False
+                    new = pod
+                else:
+                    if old is not None:
+                        return None, None, False
+                    old = pod
+            return new, old, True
+
+        if not surge:
+            unavailable, replace, candidates = 0, [], []
+            for node in nodes:
+                new, old, ok = split(by_node.get(node, []))
+                if not ok or (new is None) == (old is None):
+                    unavailable += 1
+                elif new is not None:
+                    unavailable += not self.available(new, min_ready, now)
+                elif not self.available(old, min_ready, now):
+                    replace.append(old)
+                elif unavailable < max_unavailable:
+                    candidates.append(old)
+            room = max(0, min(max_unavailable - unavailable, len(candidates)))
+            for pod in replace + candidates[:room]:
+                self.terminate_pod(pod, now)
+            return
+        surged, retire, allowed, candidates = 0, [], [], []
+        for node in nodes:
+            new, old, ok = split(by_node.get(node, []))
+            if not ok:
+                surged += 1
+            elif old is None:
+                continue
+            elif new is None:
+                if not self.available(old, min_ready, now):
+                    allowed.append(node)
+                elif surged < surge:
+                    candidates.append(node)
+            elif not self.available(new, min_ready, now):
+                surged += 1
+            else:
+                retire.append(old)
+        room = max(0, min(surge - surged, len(candidates)))
+        for pod in retire:
+            self.terminate_pod(pod, now)
+        for node in allowed + candidates[:room]:
+            self._create_daemon_pod(ds, node, revision_hash, now)
+
+    def _create_daemon_pod(self, ds, node, revision_hash, now):
+        meta = ds["metadata"]
+        workload = ("DaemonSet", meta["namespace"], meta["name"])
+        template = ds["spec"].get("template") or {}
+        while True:
+            name = "%s-%s" % (meta["name"], random_suffix())
+            if self.store.get(PODS, meta["namespace"], name) is None:
+                break
+        if self.creation_failure(template.get("spec") or {}, workload, name) is not None:
+            return None
+        labels = clone((template.get("metadata") or {}).get("labels") or {})
+        labels[CONTROLLER_REVISION_HASH] = revision_hash
+        labels[DS_TEMPLATE_GENERATION] = str(daemonset_template_generation(ds))
+        pod = self.pod_from_template(ds, template, name, labels, node)
+        spec = pod["spec"]
+        affinity = spec.setdefault("affinity", {})
+        affinity.setdefault("nodeAffinity", {})["requiredDuringSchedulingIgnoredDuringExecution"] = {
+            "nodeSelectorTerms": [{"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": [node]}]}]}
+        tolerations = spec.setdefault("tolerations", [])
+        for key, effect in DAEMONSET_TOLERATIONS:
+            if not any(t.get("key") == key and t.get("effect") == effect for t in tolerations):
+                tolerations.append({"key": key, "operator": "Exists", "effect": effect})
+        return self.start_pod(pod, workload, now)
+
+    def _daemonset_status(self, ds, nodes, by_node, revision_hash, generation, collision, now):
+        """updateDaemonSetStatus: per node, the oldest (non-terminating) pod counts."""
+        min_ready = ds["spec"].get("minReadySeconds", 0) or 0
+        scheduled = ready = available = updated = misscheduled = 0
+        for node in nodes:
+            pods = [p for p in by_node.get(node, []) if not _deleting(p)]
+            if not pods:
+                continue
+            scheduled += 1
+            pod = pods[0]
+            if self._pod_ready(pod):
+                ready += 1
+                available += self.available(pod, min_ready, now)
+            updated += self.daemon_pod_updated(pod, revision_hash, generation)
+        for node, pods in by_node.items():
+            if node not in nodes and any(not _deleting(p) for p in pods):
+                misscheduled += 1
+        status = {"currentNumberScheduled": scheduled, "numberMisscheduled": misscheduled,
+                  "desiredNumberScheduled": len(nodes), "numberReady": ready,
+                  "observedGeneration": ds["metadata"].get("generation", 1)}
+        for key, value in (("updatedNumberScheduled", updated), ("numberAvailable", available),
+                           ("numberUnavailable", len(nodes) - available),
+                           ("collisionCount", collision)):
+            if value:
+                status[key] = value
+        self.write_status(DAEMONSETS, ds, status)
+
+
+# --------------------------------------------------------------------------
+# The Cluster: control loop, Deployment and ReplicaSet controllers, kubelet
+# --------------------------------------------------------------------------
+
+class Cluster(WorkloadHistory, StatefulSetController, DaemonSetController):
     """Controllers and kubelet on top of the Store, plus the test-controlled knobs."""
 
     def __init__(self, store):
         self.store = store
         self.image_behaviours = {}
-        self.deployment_behaviours = {}  # (namespace, name) -> behaviour
+        # (kind, namespace, name) of a Deployment/StatefulSet/DaemonSet -> behaviour
+        self.workload_behaviours = {}
         self.digests = {}
         self.pod_runtime = {}  # pod uid -> {"start", "init", "app", "ready_at"}
         self.progress_at = {}  # deployment uid -> epoch seconds of last progress
-        self.instant = set()  # (namespace, name) of deployments converging instantly
+        self.instant = set()  # (kind, namespace, name) of workloads converging instantly
+        self.nodes = DEFAULT_NODES  # simulated nodes sim-node-1 ... (DaemonSets)
+        self.null_creation_timestamp = True  # as a server before 1.34 encodes templates
         self._wake_at = float("inf")  # earliest time-based change seen by reconcile()
         self._stop = threading.Event()
         self._thread = None
@@ -1159,10 +2010,11 @@ class Cluster:
 
     def reset(self):
         self.image_behaviours.clear()
-        self.deployment_behaviours.clear()
+        self.workload_behaviours.clear()
         self.digests.clear()
         self.pod_runtime.clear()
         self.progress_at.clear()
+        self.nodes = DEFAULT_NODES
 
     # -- helpers ---------------------------------------------------------
     def digest_for(self, image):
@@ -1190,9 +2042,10 @@ class Cluster:
                 return ref
         return None
 
-    def resolve_behaviours(self, pod_spec, namespace, deployment_name):
-        """Per-container behaviours (init containers, app containers)."""
-        fallback = self.deployment_behaviours.get((namespace, deployment_name)) or DEFAULT_BEHAVIOUR
+    def resolve_behaviours(self, pod_spec, workload):
+        """Per-container behaviours (init containers, app containers); ``workload``
+        is (kind, namespace, name) of the pod's Deployment/StatefulSet/DaemonSet."""
+        fallback = self.workload_behaviours.get(workload) or DEFAULT_BEHAVIOUR
 
         def pick(container):
             return normalize_behaviour(self.image_behaviours.get(container.get("image"))
@@ -1201,9 +2054,22 @@ class Cluster:
         return ([pick(c) for c in pod_spec.get("initContainers") or []],
                 [pick(c) for c in pod_spec.get("containers") or []])
 
-    def _deployment_name_of_rs(self, rs):
+    def workload_of_rs(self, rs):
         ref = self.owner_of(rs, "Deployment")
-        return ref["name"] if ref else None
+        return ("Deployment", rs["metadata"]["namespace"], ref["name"]) if ref else None
+
+    def workload_of_pod(self, pod):
+        """(kind, namespace, name) of the workload a pod belongs to, or None."""
+        namespace = pod["metadata"].get("namespace")
+        for ref in pod["metadata"].get("ownerReferences") or []:
+            if not ref.get("controller"):
+                continue
+            if ref.get("kind") in ("StatefulSet", "DaemonSet"):
+                return (ref["kind"], namespace, ref.get("name"))
+            if ref.get("kind") == "ReplicaSet":
+                rs = self.store.get(REPLICASETS, namespace, ref.get("name"))
+                return self.workload_of_rs(rs) if rs else None
+        return None
 
     # -- the control loop ------------------------------------------------
     def reconcile(self, now):
@@ -1213,32 +2079,53 @@ class Cluster:
             self.sync_deployment(deployment, now)
         for rs in self.store.raw(REPLICASETS):
             self.sync_replicaset(rs, now)
+        for sts in self.store.raw(STATEFULSETS):
+            self.sync_statefulset(sts, now)
+        for ds in self.store.raw(DAEMONSETS):
+            self.sync_daemonset(ds, now)
         for pod in self.store.raw(PODS):
             self.sync_pod(pod, now)
         for rs in self.store.raw(REPLICASETS):
             self.update_replicaset_status(rs, now)
+        for sts in self.store.raw(STATEFULSETS):  # status after the kubelet's changes
+            self.sync_statefulset(sts, now, manage=False)
+        for ds in self.store.raw(DAEMONSETS):
+            self.sync_daemonset(ds, now, manage=False)
         self.collect_garbage()
 
-    def converge(self, namespace, name, rounds=40):
-        """Run the controllers until the Deployment's rollout is complete, with
+    def converge(self, rtype, namespace, name, rounds=200):
+        """Run the controllers until the workload's rollout is complete, with
         pods becoming ready at once (used by the admin API)."""
-        self.instant.add((namespace, name))
+        key = (rtype.kind, namespace, name)
+        self.instant.add(key)
         try:
             for _ in range(rounds):
                 self.reconcile(time.time())
-                deployment = self.store.get(DEPLOYMENTS, namespace, name)
-                if deployment is None or self.is_complete(deployment):
+                obj = self.store.get(rtype, namespace, name)
+                if obj is None or self.is_complete(obj):
                     break
             self.reconcile(time.time())
         finally:
-            self.instant.discard((namespace, name))
+            self.instant.discard(key)
 
     @staticmethod
-    def is_complete(deployment):
-        spec, status = deployment["spec"], deployment.get("status") or {}
+    def is_complete(obj):
+        """Whether a Deployment/StatefulSet/DaemonSet has rolled out its template."""
+        spec, status = obj["spec"], obj.get("status") or {}
+        if status.get("observedGeneration", 0) < obj["metadata"].get("generation", 1):
+            return False
+        if obj.get("kind") == "DaemonSet":
+            desired = status.get("desiredNumberScheduled", 0)
+            return (status.get("currentNumberScheduled", 0) == desired
+                    and status.get("updatedNumberScheduled", 0) == desired
+                    and status.get("numberAvailable", 0) == desired)
         replicas = spec.get("replicas", 1)
-        return (status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 1)
-                and status.get("updatedReplicas", 0) == replicas
+        if obj.get("kind") == "StatefulSet":
+            return (status.get("replicas", 0) == replicas
+                    and status.get("readyReplicas", 0) == replicas
+                    and status.get("updatedReplicas", 0) == replicas
+                    and status.get("availableReplicas", 0) == replicas)
+        return (status.get("updatedReplicas", 0) == replicas
                 and status.get("replicas", 0) == replicas
                 and status.get("availableReplicas", 0) == replicas)
 
@@ -1580,19 +2467,17 @@ class Cluster:
                 self.store.update(DEPLOYMENTS, current)
 
     # -- ReplicaSet controller ------------------------------------------
-    def creation_failure(self, rs):
-        """The FailedCreate message if pods of ``rs`` cannot be created, else None."""
-        namespace = rs["metadata"]["namespace"]
-        deployment = self._deployment_name_of_rs(rs)
-        if (namespace, deployment) in self.instant:
+    def creation_failure(self, pod_spec, workload, pod_name):
+        """The FailedCreate message if a pod with ``pod_spec`` of ``workload``
+        cannot be created (behaviour ``replica_failure``), else None."""
+        if workload in self.instant:
             return None
-        init, app = self.resolve_behaviours(rs["spec"]["template"]["spec"], namespace, deployment)
+        init, app = self.resolve_behaviours(pod_spec, workload)
         for behaviour in init + app:
             if behaviour["mode"] == "replica_failure":
                 return behaviour.get("message") or (
-                    'pods "%s-%s" is forbidden: exceeded quota: compute-resources, requested: '
-                    "limits.cpu=500m, used: limits.cpu=2, limited: limits.cpu=2"
-                    % (rs["metadata"]["name"], random_suffix()))
+                    'pods "%s" is forbidden: exceeded quota: compute-resources, requested: '
+                    "limits.cpu=500m, used: limits.cpu=2, limited: limits.cpu=2" % pod_name)
         return None
 
     def sync_replicaset(self, rs, now):
@@ -1602,7 +2487,8 @@ class Cluster:
         want = rs["spec"].get("replicas", 0)
         failure = None
         if len(pods) < want:
-            failure = self.creation_failure(rs)
+            failure = self.creation_failure(rs["spec"]["template"]["spec"], self.workload_of_rs(rs),
+                                            "%s-%s" % (rs["metadata"]["name"], random_suffix()))
             if failure is None:
                 for _ in range(want - len(pods)):
                     self.create_pod(rs, now)
@@ -1671,38 +2557,14 @@ class Cluster:
 
     def create_pod(self, rs, now):
         meta = rs["metadata"]
-        template = clone(rs["spec"]["template"])
-        pod_meta = template.get("metadata") or {}
+        template = rs["spec"]["template"]
         while True:
             name = "%s-%s" % (meta["name"], random_suffix())
             if self.store.get(PODS, meta["namespace"], name) is None:
                 break
-        pod = {
-            "metadata": {
-                "name": name, "generateName": meta["name"] + "-",
-                "namespace": meta["namespace"],
-                "labels": clone(pod_meta.get("labels") or {}),
-                "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": meta["name"],
-                    "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
-            },
-            "spec": template.get("spec") or {},
-        }
-        if pod_meta.get("annotations"):
-            pod["metadata"]["annotations"] = clone(pod_meta["annotations"])
-        pod["spec"]["nodeName"] = "sim-node-1"
-        apply_defaults(PODS, pod)
-        pod = self.store.create(PODS, pod)
-        deployment = self._deployment_name_of_rs(rs)
-        instant = (meta["namespace"], deployment) in self.instant
-        init, app = self.resolve_behaviours(pod["spec"], meta["namespace"], deployment)
-        if instant:
-            init = [{"mode": "ready", "delay": 0.0} for _ in init]
-            app = [{"mode": "ready", "delay": 0.0} for _ in app]
-        self.pod_runtime[pod["metadata"]["uid"]] = {"start": now, "init": init, "app": app,
-                                                    "ready_at": None}
-        self.sync_pod(pod, now)
-        return pod
+        labels = clone((template.get("metadata") or {}).get("labels") or {})
+        pod = self.pod_from_template(rs, template, name, labels, "sim-node-1")
+        return self.start_pod(pod, self.workload_of_rs(rs), now)
 
     def terminate_pod(self, pod, now):
         pod = clone(pod)
@@ -1712,30 +2574,29 @@ class Cluster:
         runtime["delete_at"] = now + TERMINATION_GRACE_SECONDS
         self.store.update(PODS, pod)
 
+    OWNER_KINDS = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet")
+
     def collect_garbage(self):
         """Delete objects whose controlling owner is gone (background cascading)."""
         uids = set()
-        for rtype in (DEPLOYMENTS, REPLICASETS):
+        for rtype in (DEPLOYMENTS, REPLICASETS, STATEFULSETS, DAEMONSETS):
             uids.update(o["metadata"]["uid"] for o in self.store.raw(rtype))
-        for rtype in (REPLICASETS, PODS):
+        for rtype in (REPLICASETS, CONTROLLERREVISIONS, PODS):
             for obj in self.store.raw(rtype):
-                ref = self.owner_of(obj, "Deployment" if rtype is REPLICASETS else "ReplicaSet")
-                if ref is not None and ref.get("uid") not in uids:
-                    self.store.delete(rtype, obj["metadata"]["namespace"], obj["metadata"]["name"])
-                    self.pod_runtime.pop(obj["metadata"]["uid"], None)
+                for ref in obj["metadata"].get("ownerReferences") or []:
+                    if ref.get("controller") and ref.get("kind") in self.OWNER_KINDS and \
+                            ref.get("uid") not in uids:
+                        self.store.delete(rtype, obj["metadata"]["namespace"],
+                                          obj["metadata"]["name"])
+                        self.pod_runtime.pop(obj["metadata"]["uid"], None)
+                        break
 
     # -- kubelet ---------------------------------------------------------
     def sync_pod(self, pod, now):
         uid = pod["metadata"]["uid"]
         runtime = self.pod_runtime.get(uid)
         if runtime is None:  # created through the API: resolve behaviours now
-            deployment = None
-            ref = self.owner_of(pod, "ReplicaSet")
-            if ref is not None:
-                rs = self.store.get(REPLICASETS, pod["metadata"]["namespace"], ref["name"])
-                deployment = self._deployment_name_of_rs(rs) if rs else None
-            init, app = self.resolve_behaviours(pod["spec"], pod["metadata"]["namespace"],
-                                                deployment)
+            init, app = self.resolve_behaviours(pod["spec"], self.workload_of_pod(pod))
             runtime = {"start": now, "init": init, "app": app, "ready_at": None}
             self.pod_runtime[uid] = runtime
         if "delete_at" in runtime:
@@ -1877,7 +2738,9 @@ class Cluster:
                       ready_at or start),
             condition("PodScheduled", True, "", "", start),
         ]
-        status = {"phase": phase, "conditions": conditions, "hostIP": "10.0.0.10",
+        node = re.search(r"(\d+)$", spec.get("nodeName") or "sim-node-1")
+        host_ip = "10.0.0.%d" % (9 + int(node.group(1)) % 240 if node else 10)
+        status = {"phase": phase, "conditions": conditions, "hostIP": host_ip,
                   "podIP": "10.244.0.%d" % (1 + int(pod["metadata"]["uid"][:2], 16) % 250),
                   "startTime": started, "qosClass": "BestEffort",
                   "containerStatuses": app_statuses}
@@ -1896,10 +2759,10 @@ class Simulator:
     def __init__(self, server_version=DEFAULT_SERVER_VERSION, verbose=False):
         parse_version(server_version)
         self.default_version = server_version
-        self.server_version = server_version
-        self.verbose = verbose
         self.store = Store()
         self.cluster = Cluster(self.store)
+        self.set_server_version(server_version)
+        self.verbose = verbose
         self.log_lock = threading.Lock()
         self.request_log = []
         self.faults = []
@@ -1917,85 +2780,169 @@ class Simulator:
                 "compiler": "gc", "platform": "linux/amd64"}
 
     # -- admin operations -------------------------------------------------
+    def set_server_version(self, version):
+        """Report ``version``; from 1.34 on the controllers' ControllerRevisions no
+        longer carry ``creationTimestamp: null`` (apimachinery omits it)."""
+        minor = int(parse_version(version)[1])
+        with self.store.lock:
+            self.server_version = version
+            self.cluster.null_creation_timestamp = minor < 34
+
     def reset(self):
         with self.store.lock:
-            for rtype in (DEPLOYMENTS, REPLICASETS, PODS):
+            for rtype in (DEPLOYMENTS, REPLICASETS, STATEFULSETS, DAEMONSETS, CONTROLLERREVISIONS,
+                          PODS):
                 for obj in self.store.list(rtype):
                     meta = obj["metadata"]
                     self.store.delete(rtype, meta.get("namespace"), meta["name"])
             self.cluster.reset()
-            self.server_version = self.default_version
+            self.set_server_version(self.default_version)
         with self.log_lock:
             self.request_log[:] = []
             self.faults[:] = []
 
-    ADD_DEPLOYMENT_KEYS = frozenset([
-        "name", "namespace", "containers", "init_containers", "replicas", "behaviour",
-        "paused", "progress_deadline_seconds", "labels", "annotations", "ready", "strategy",
-        "min_ready_seconds", "revision_history_limit"])
+    WORKLOAD_KEYS = frozenset([
+        "name", "namespace", "containers", "init_containers", "behaviour", "labels",
+        "annotations", "template_annotations", "selector", "ready", "min_ready_seconds",
+        "revision_history_limit"])
+    ADD_DEPLOYMENT_KEYS = WORKLOAD_KEYS | frozenset([
+        "replicas", "paused", "progress_deadline_seconds", "strategy"])
+    ADD_STATEFULSET_KEYS = WORKLOAD_KEYS | frozenset([
+        "replicas", "update_strategy", "partition", "pod_management_policy", "service_name"])
+    ADD_DAEMONSET_KEYS = WORKLOAD_KEYS | frozenset([
+        "update_strategy", "max_unavailable", "max_surge"])
 
-    def add_deployment(self, spec):
-        """Create a Deployment (selector ``app=<name>``) from the admin API's
-        keyword arguments; see ``SimClient.add_deployment``."""
-        unknown = set(spec) - self.ADD_DEPLOYMENT_KEYS
+    def _workload(self, rtype, spec, keys):
+        """The object the admin API's add_* keyword arguments describe: selector
+        and pod labels ``selector`` (default ``app=<name>``), the object's own
+        ``labels`` (default: the selector), ``annotations`` on the object and
+        ``template_annotations`` on its pod template."""
+        unknown = set(spec) - keys
         if unknown:
-            raise ValueError("unknown add_deployment arguments: %s" % ", ".join(sorted(unknown)))
+            raise ValueError("unknown add_%s arguments: %s"
+                             % (rtype.kind.lower(), ", ".join(sorted(unknown))))
         name = spec["name"]
         namespace = spec.get("namespace") or "noetl"
         if self.store.get(NAMESPACES, "", namespace) is None:
             raise ApiError(404, "NotFound", 'namespaces "%s" not found' % namespace)
         containers = spec.get("containers") or [{"name": name, "image": "%s:1" % name}]
-        selector = {"app": name}
-        pod_labels = dict(selector)
-        deployment = {
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": spec.get("labels") or dict(selector),
-                         "annotations": dict(spec.get("annotations") or {})},
-            "spec": {
-                "replicas": spec.get("replicas", 1),
-                "selector": {"matchLabels": selector},
-                "progressDeadlineSeconds": spec.get("progress_deadline_seconds", 600),
-                "revisionHistoryLimit": spec.get("revision_history_limit", 10),
-                "minReadySeconds": spec.get("min_ready_seconds", 0),
-                "template": {"metadata": {"labels": pod_labels},
-                             "spec": {"containers": clone(containers)}},
-            },
-        }
-        if not deployment["spec"]["minReadySeconds"]:
-            del deployment["spec"]["minReadySeconds"]
+        selector = dict(spec.get("selector") or {"app": name})
+        template_meta = {"labels": dict(selector)}
+        if spec.get("template_annotations"):
+            template_meta["annotations"] = dict(spec["template_annotations"])
+        pod_spec = {"containers": clone(containers)}
         if spec.get("init_containers"):
-            pod_spec = deployment["spec"]["template"]["spec"]
             pod_spec["initContainers"] = clone(spec["init_containers"])
-        if spec.get("strategy"):
-            deployment["spec"]["strategy"] = clone(spec["strategy"])
-        apply_defaults(DEPLOYMENTS, deployment)
-        validate(DEPLOYMENTS, deployment)
+        workload = {
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": dict(spec.get("labels") or selector),
+                         "annotations": dict(spec.get("annotations") or {})},
+            "spec": {"selector": {"matchLabels": selector},
+                     "revisionHistoryLimit": spec.get("revision_history_limit", 10),
+                     "template": {"metadata": template_meta, "spec": pod_spec}},
+        }
+        if spec.get("min_ready_seconds"):
+            workload["spec"]["minReadySeconds"] = spec["min_ready_seconds"]
+        return workload
+
+    def _install_workload(self, rtype, workload, spec):
+        """Validate and store a workload, roll out its first revision (instantly
+        unless ``ready`` is false) and return it."""
+        meta = workload["metadata"]
+        apply_defaults(rtype, workload)
+        validate(rtype, workload)
         with self.store.lock:
             behaviour = normalize_behaviour(spec.get("behaviour"))
             if behaviour is not None:
-                self.cluster.deployment_behaviours[(namespace, name)] = behaviour
-            self.store.create(DEPLOYMENTS, deployment)
+                self.cluster.workload_behaviours[(rtype.kind, meta["namespace"], meta["name"])] = \
+                    behaviour
+            self.store.create(rtype, workload)
             if spec.get("ready", True):
-                self.cluster.converge(namespace, name)
+                self.cluster.converge(rtype, meta["namespace"], meta["name"])
+            return self.store.get(rtype, meta["namespace"], meta["name"])
+
+    def add_deployment(self, spec):
+        """Create a Deployment from the admin API's keyword arguments; see
+        ``SimClient.add_deployment``."""
+        deployment = self._workload(DEPLOYMENTS, spec, self.ADD_DEPLOYMENT_KEYS)
+        deployment["spec"]["replicas"] = spec.get("replicas", 1)
+        deployment["spec"]["progressDeadlineSeconds"] = spec.get("progress_deadline_seconds", 600)
+        if spec.get("strategy"):
+            deployment["spec"]["strategy"] = clone(spec["strategy"])
+        meta = deployment["metadata"]
+        with self.store.lock:
+            self._install_workload(DEPLOYMENTS, deployment, spec)
             if spec.get("paused"):
-                current = self.store.get(DEPLOYMENTS, namespace, name)
+                current = self.store.get(DEPLOYMENTS, meta["namespace"], meta["name"])
                 current["spec"]["paused"] = True
                 self.store.update(DEPLOYMENTS, current)
                 self.cluster.reconcile(time.time())
-            return self.store.get(DEPLOYMENTS, namespace, name)
+            return self.store.get(DEPLOYMENTS, meta["namespace"], meta["name"])
 
-    def delete_deployment(self, namespace, name):
+    def add_statefulset(self, spec):
+        """Create a StatefulSet from the admin API's keyword arguments; see
+        ``SimClient.add_statefulset``."""
+        sts = self._workload(STATEFULSETS, spec, self.ADD_STATEFULSET_KEYS)
+        sts["spec"]["replicas"] = spec.get("replicas", 1)
+        sts["spec"]["serviceName"] = spec.get("service_name") or sts["metadata"]["name"]
+        if spec.get("pod_management_policy"):
+            sts["spec"]["podManagementPolicy"] = spec["pod_management_policy"]
+        strategy = spec.get("update_strategy")
+        strategy = {"type": strategy} if isinstance(strategy, str) else clone(strategy or {})
+        if spec.get("partition") is not None:
+            strategy.setdefault("type", "RollingUpdate")
+            if not isinstance(strategy.get("rollingUpdate"), dict):
+                strategy["rollingUpdate"] = {}
+            strategy["rollingUpdate"]["partition"] = spec["partition"]
+        if strategy:
+            sts["spec"]["updateStrategy"] = strategy
+        return self._install_workload(STATEFULSETS, sts, spec)
+
+    def add_daemonset(self, spec):
+        """Create a DaemonSet from the admin API's keyword arguments; see
+        ``SimClient.add_daemonset``."""
+        ds = self._workload(DAEMONSETS, spec, self.ADD_DAEMONSET_KEYS)
+        strategy = spec.get("update_strategy")
+        strategy = {"type": strategy} if isinstance(strategy, str) else clone(strategy or {})
+        for key, field in (("max_unavailable", "maxUnavailable"), ("max_surge", "maxSurge")):
+            if spec.get(key) is not None:
+                strategy.setdefault("type", "RollingUpdate")
+                if not isinstance(strategy.get("rollingUpdate"), dict):
+                    strategy["rollingUpdate"] = {}
+                strategy["rollingUpdate"][field] = spec[key]
+        if strategy:
+            ds["spec"]["updateStrategy"] = strategy
+        return self._install_workload(DAEMONSETS, ds, spec)
+
+    def delete_workload(self, rtype, namespace, name):
+        """Delete a Deployment/StatefulSet/DaemonSet with its ReplicaSets,
+        ControllerRevisions and pods, at once."""
         with self.store.lock:
-            deployment = self.store.get(DEPLOYMENTS, namespace, name)
-            if deployment is None:
-                raise not_found(DEPLOYMENTS, name)
-            for rs in self.cluster.owned(REPLICASETS, deployment, namespace):
-                for pod in self.cluster.owned(PODS, rs, namespace):
+            workload = self.store.get(rtype, namespace, name)
+            if workload is None:
+                raise not_found(rtype, name)
+            owners = [workload] + self.cluster.owned(REPLICASETS, workload, namespace)
+            for owner in owners:
+                for pod in self.cluster.owned(PODS, owner, namespace):
                     self.store.delete(PODS, namespace, pod["metadata"]["name"])
                     self.cluster.pod_runtime.pop(pod["metadata"]["uid"], None)
-                self.store.delete(REPLICASETS, namespace, rs["metadata"]["name"])
-            self.store.delete(DEPLOYMENTS, namespace, name)
-            self.cluster.deployment_behaviours.pop((namespace, name), None)
+            for owned_type in (REPLICASETS, CONTROLLERREVISIONS):
+                for obj in self.cluster.owned(owned_type, workload, namespace):
+                    self.store.delete(owned_type, namespace, obj["metadata"]["name"])
+            self.store.delete(rtype, namespace, name)
+            self.cluster.workload_behaviours.pop((rtype.kind, namespace, name), None)
+
+    def delete_deployment(self, namespace, name):
+        self.delete_workload(DEPLOYMENTS, namespace, name)
+
+    def set_nodes(self, count):
+        """Simulate ``count`` nodes ``sim-node-1`` ... (DaemonSets run a pod on each)."""
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError("node count must be a non-negative integer, got %r" % (count,))
+        with self.store.lock:
+            self.cluster.nodes = count
+            self.store.changed.set()  # wake the controllers
+            return self.cluster.node_names()
 
     def add_fault(self, spec):
         fault = {
@@ -2110,7 +3057,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, code, body, content_type="application/json"):
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -2240,18 +3187,29 @@ class Handler(BaseHTTPRequestHandler):
             if parts == ["reset"] and method == "POST":
                 sim.reset()
                 return 200, {"ok": True}
-            if parts == ["deployments"] and method == "POST":
-                return 201, sim.add_deployment(body)
-            if parts[:1] == ["deployments"] and len(parts) == 3 and method == "DELETE":
-                sim.delete_deployment(parts[1], parts[2])
+            adders = {"deployments": (DEPLOYMENTS, sim.add_deployment),
+                      "statefulsets": (STATEFULSETS, sim.add_statefulset),
+                      "daemonsets": (DAEMONSETS, sim.add_daemonset)}
+            if len(parts) == 1 and parts[0] in adders and method == "POST":
+                return 201, adders[parts[0]][1](body)
+            if len(parts) == 3 and parts[0] in adders and method == "DELETE":
+                sim.delete_workload(adders[parts[0]][0], parts[1], parts[2])
                 return 200, {"ok": True}
+            if parts == ["nodes"]:
+                if method == "PUT":
+                    return 200, {"ok": True, "nodes": sim.set_nodes(body["count"])}
+                return 200, {"nodes": sim.cluster.node_names()}
             if parts[:1] == ["behaviours"] and len(parts) == 3 and method == "PUT":
                 behaviour = normalize_behaviour(body.get("behaviour"))
+                rtype = resource_type_for(body.get("kind") or "Deployment")
+                if rtype not in WORKLOADS:
+                    raise ValueError("kind must be a Deployment, StatefulSet or DaemonSet")
+                key = (rtype.kind, parts[1], parts[2])
                 with sim.store.lock:
                     if behaviour is None:
-                        sim.cluster.deployment_behaviours.pop((parts[1], parts[2]), None)
+                        sim.cluster.workload_behaviours.pop(key, None)
                     else:
-                        sim.cluster.deployment_behaviours[(parts[1], parts[2])] = behaviour
+                        sim.cluster.workload_behaviours[key] = behaviour
                 return 200, {"ok": True}
             if parts == ["image-behaviours"] and method == "PUT":
                 behaviour = normalize_behaviour(body.get("behaviour"))
@@ -2266,8 +3224,7 @@ class Handler(BaseHTTPRequestHandler):
                     sim.cluster.digests[body["image"]] = body["digest"]
                 return 200, {"ok": True, "image_id": sim.cluster.image_id(body["image"])}
             if parts == ["server-version"] and method == "PUT":
-                parse_version(body["version"])
-                sim.server_version = body["version"]
+                sim.set_server_version(body["version"])
                 return 200, {"ok": True}
             if parts == ["requests"]:
                 if method == "DELETE":
@@ -2317,7 +3274,8 @@ class Handler(BaseHTTPRequestHandler):
         dry_run = "All" in query.get("dryRun", [])
         rtype = route.rtype
         if route.subresource not in (None, "status", "scale") or \
-                (route.subresource == "scale" and not rtype.has_scale):
+                (route.subresource == "scale" and not rtype.has_scale) or \
+                (route.subresource == "status" and not rtype.has_status):
             raise ApiError(404, "NotFound", "the server could not find the requested resource",
                            {})
         if route.namespace is None and rtype.namespaced and route.name is not None:
@@ -2344,8 +3302,8 @@ class Handler(BaseHTTPRequestHandler):
         if method == "DELETE" and route.name is not None:
             with sim.store.lock:
                 obj = sim.store.delete(rtype, namespace, route.name, dry_run)
-                if rtype is DEPLOYMENTS and not dry_run:
-                    sim.cluster.deployment_behaviours.pop((namespace, route.name), None)
+                if rtype in WORKLOADS and not dry_run:
+                    sim.cluster.workload_behaviours.pop((rtype.kind, namespace, route.name), None)
             self._send(200, obj)
             return
         if method in ("PUT", "PATCH") and route.name is not None:
@@ -2444,7 +3402,8 @@ class Handler(BaseHTTPRequestHandler):
             def emit(etype, obj):
                 obj = clone(obj)
                 obj["kind"], obj["apiVersion"] = rtype.kind, rtype.api_version
-                self._chunk(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
+                self._chunk(json.dumps({"type": etype, "object": obj},
+                                       separators=(",", ":")).encode() + b"\n")
 
             def deliver(etype, obj, old):
                 now_in, was_in = matches(obj), matches(old) if old is not None else None
@@ -2670,31 +3629,99 @@ class SimClient:
     def add_deployment(self, name, namespace="noetl", containers=None, init_containers=None,
                        replicas=1, behaviour=None, paused=False, progress_deadline_seconds=600,
                        labels=None, annotations=None, ready=True, strategy=None,
-                       min_ready_seconds=0, revision_history_limit=10):
+                       min_ready_seconds=0, revision_history_limit=10,
+                       template_annotations=None, selector=None):
         """Create a Deployment with selector and pod labels ``app=<name>``.
 
         ``containers``/``init_containers`` are lists of container specs
         (default: one container ``<name>`` running ``<name>:1``); ``labels``
-        are the Deployment's own labels (default ``app=<name>``); ``strategy``
-        is a ``spec.strategy`` such as ``{"type": "Recreate"}``; ``behaviour``
-        is the default behaviour of its pods.  With ``ready=True`` revision 1
-        is rolled out and available on return, whatever the behaviour; with
-        ``ready=False`` that first rollout runs in the background per behaviour.
-        ``paused=True`` pauses it after revision 1.  Returns the Deployment."""
+        are the Deployment's own labels (default: the selector); ``selector``
+        replaces ``{"app": name}`` as the selector's matchLabels and the pod
+        labels; ``annotations`` go on the Deployment, ``template_annotations``
+        on its pod template (e.g. ``kubectl.kubernetes.io/default-container``);
+        ``strategy`` is a ``spec.strategy`` such as ``{"type": "Recreate"}``;
+        ``behaviour`` is the default behaviour of its pods.  With ``ready=True``
+        revision 1 is rolled out and available on return, whatever the
+        behaviour; with ``ready=False`` that first rollout runs in the
+        background per behaviour.  ``paused=True`` pauses it after revision 1.
+        Returns the Deployment."""
         return self._call("POST", "/_sim/deployments", {
             "name": name, "namespace": namespace, "containers": containers,
             "init_containers": init_containers, "replicas": replicas, "behaviour": behaviour,
             "paused": paused, "progress_deadline_seconds": progress_deadline_seconds,
             "labels": labels, "annotations": annotations, "ready": ready, "strategy": strategy,
             "min_ready_seconds": min_ready_seconds,
+            "revision_history_limit": revision_history_limit,
+            "template_annotations": template_annotations, "selector": selector})
+
+    def add_statefulset(self, name, namespace="noetl", containers=None, init_containers=None,
+                        replicas=1, update_strategy=None, partition=None,
+                        pod_management_policy=None, behaviour=None, annotations=None,
+                        template_annotations=None, labels=None, selector=None, ready=True,
+                        min_ready_seconds=0, revision_history_limit=10, service_name=None):
+        """Create a StatefulSet (pods ``<name>-0`` ...); the common keywords are
+        those of ``add_deployment``.
+
+        ``update_strategy`` is ``"RollingUpdate"``/``"OnDelete"`` or a whole
+        ``spec.updateStrategy``; left out, the API default applies
+        (``{"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}``),
+        while ``"RollingUpdate"`` alone leaves ``rollingUpdate`` unset, as a
+        manifest saying just that would.  ``partition`` sets
+        ``rollingUpdate.partition``; ``pod_management_policy`` is
+        ``"OrderedReady"`` (default) or ``"Parallel"``; ``service_name``
+        defaults to the name.  Returns the StatefulSet."""
+        return self._call("POST", "/_sim/statefulsets", {
+            "name": name, "namespace": namespace, "containers": containers,
+            "init_containers": init_containers, "replicas": replicas,
+            "update_strategy": update_strategy, "partition": partition,
+            "pod_management_policy": pod_management_policy, "behaviour": behaviour,
+            "annotations": annotations, "template_annotations": template_annotations,
+            "labels": labels, "selector": selector, "ready": ready,
+            "min_ready_seconds": min_ready_seconds,
+            "revision_history_limit": revision_history_limit, "service_name": service_name})
+
+    def add_daemonset(self, name, namespace="noetl", containers=None, init_containers=None,
+                      update_strategy=None, max_unavailable=None, max_surge=None,
+                      behaviour=None, annotations=None, template_annotations=None, labels=None,
+                      selector=None, ready=True, min_ready_seconds=0,
+                      revision_history_limit=10):
+        """Create a DaemonSet: one pod per simulated node (``set_nodes``); the
+        common keywords are those of ``add_deployment``.
+
+        ``update_strategy`` is ``"RollingUpdate"`` (default) / ``"OnDelete"`` or
+        a whole ``spec.updateStrategy``; ``max_unavailable`` (default 1) and
+        ``max_surge`` (default 0) are ints or percentages such as ``"50%"``.
+        Returns the DaemonSet."""
+        return self._call("POST", "/_sim/daemonsets", {
+            "name": name, "namespace": namespace, "containers": containers,
+            "init_containers": init_containers, "update_strategy": update_strategy,
+            "max_unavailable": max_unavailable, "max_surge": max_surge, "behaviour": behaviour,
+            "annotations": annotations, "template_annotations": template_annotations,
+            "labels": labels, "selector": selector, "ready": ready,
+            "min_ready_seconds": min_ready_seconds,
             "revision_history_limit": revision_history_limit})
 
     def delete_deployment(self, name, namespace="noetl"):
         self._call("DELETE", "/_sim/deployments/%s/%s" % (namespace, name))
 
-    def set_behaviour(self, name, namespace, behaviour):
-        """Default behaviour of new pods of Deployment ``namespace/name`` (None clears)."""
-        self._call("PUT", "/_sim/behaviours/%s/%s" % (namespace, name), {"behaviour": behaviour})
+    def delete_statefulset(self, name, namespace="noetl"):
+        self._call("DELETE", "/_sim/statefulsets/%s/%s" % (namespace, name))
+
+    def delete_daemonset(self, name, namespace="noetl"):
+        self._call("DELETE", "/_sim/daemonsets/%s/%s" % (namespace, name))
+
+    def set_nodes(self, count):
+        """Simulate ``count`` nodes (default 3); returns their names ``sim-node-1`` ..."""
+        return self._call("PUT", "/_sim/nodes", {"count": count})["nodes"]
+
+    def nodes(self):
+        return self._call("GET", "/_sim/nodes")["nodes"]
+
+    def set_behaviour(self, name, namespace, behaviour, kind="Deployment"):
+        """Default behaviour of new pods of the Deployment (or ``kind``
+        StatefulSet/DaemonSet) ``namespace/name`` (None clears)."""
+        self._call("PUT", "/_sim/behaviours/%s/%s" % (namespace, name),
+                   {"behaviour": behaviour, "kind": kind})
 
     def set_image_behaviour(self, image, behaviour):
         """Behaviour of every new container running ``image`` (None clears)."""

@@ -642,6 +642,484 @@ def test_script_port_file_and_clean_shutdown(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# StatefulSets and DaemonSets
+# --------------------------------------------------------------------------
+
+READY_FAST = {"mode": "ready", "delay": 0.1}
+DISCOVERY = ("/api", "/apis", "/api/v1", "/apis/apps", "/apis/apps/v1", "/version")
+
+
+def live_pods(kubectl, app):
+    """Pods labelled app=<app> as kubectl sees them, not terminating, by name."""
+    return sorted(pods_of(kubectl, app), key=lambda pod: pod["metadata"]["name"])
+
+
+def images(pods, container=0):
+    return [pod["spec"]["containers"][container]["image"] for pod in pods]
+
+
+def revisions_of(sim, owner):
+    """The ControllerRevisions a StatefulSet/DaemonSet controls, oldest first."""
+    uid = owner["metadata"]["uid"]
+    return sorted((r for r in sim.list("controllerrevisions", NS)
+                   if r["metadata"]["ownerReferences"][0]["uid"] == uid),
+                  key=lambda r: r["revision"])
+
+
+def history_rows(out):
+    return [line.split(None, 1) for line in out.splitlines() if re.match(r"^\d+\s", line)]
+
+
+def assert_owned(pod, owner):
+    ref = pod["metadata"]["ownerReferences"][0]
+    assert (ref["apiVersion"], ref["kind"], ref["name"], ref["uid"], ref["controller"]) == \
+        ("apps/v1", owner["kind"], owner["metadata"]["name"], owner["metadata"]["uid"], True)
+
+
+def test_statefulset_set_image_and_patch_roll_out(kubectl, sim):
+    sim.add_statefulset("db", containers=[{"name": "app", "image": "repo/db:1"},
+                                          {"name": "side", "image": "repo/side:1"}],
+                        replicas=2, behaviour=READY_FAST,
+                        template_annotations={"kubectl.kubernetes.io/default-container": "app"})
+    first = sim.get("statefulsets", "db", NS)["status"]["updateRevision"]
+    image_id = sim.set_digest("repo/db:2", "sha256:" + "cd" * 32)
+    assert kubectl.ok("set", "image", "statefulset/db", "app=repo/db:2", "-n", NS).strip() == \
+        "statefulset.apps/db image updated"
+    out = kubectl.ok("rollout", "status", "sts/db", "-n", NS, "--timeout=20s").splitlines()
+    # The API defaults rollingUpdate.partition to 0: kubectl takes its "partitioned" branch.
+    assert out[-1] == "partitioned roll out complete: 2 new pods have been updated..."
+    assert any(line.startswith("Waiting for ") for line in out[:-1])
+
+    sts = kubectl.json("get", "statefulset", "db", "-n", NS)
+    status = sts["status"]
+    assert sts["metadata"]["generation"] == status["observedGeneration"] == 2
+    assert status["currentRevision"] == status["updateRevision"] != first
+    assert status["collisionCount"] == 0
+    for field in ("replicas", "readyReplicas", "currentReplicas", "updatedReplicas",
+                  "availableReplicas"):
+        assert status[field] == 2, field
+    pods = live_pods(kubectl, "db")
+    assert [pod["metadata"]["name"] for pod in pods] == ["db-0", "db-1"]
+    for ordinal, pod in enumerate(pods):
+        labels = pod["metadata"]["labels"]
+        assert labels["controller-revision-hash"] == status["updateRevision"]
+        assert labels["statefulset.kubernetes.io/pod-name"] == "db-%d" % ordinal
+        assert labels["apps.kubernetes.io/pod-index"] == str(ordinal)
+        assert pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "app"
+        assert pod["spec"]["hostname"] == "db-%d" % ordinal
+        assert_owned(pod, sts)
+        app = pod["status"]["containerStatuses"][0]
+        assert (app["image"], app["imageID"], app["ready"]) == ("repo/db:2", image_id, True)
+
+    revisions = revisions_of(sim, sts)
+    assert [r["revision"] for r in revisions] == [1, 2]
+    assert [r["metadata"]["name"] for r in revisions] == [first, status["updateRevision"]]
+    newest = revisions[-1]
+    assert newest["metadata"]["labels"] == {
+        "app": "db", "controller-revision-hash": newest["metadata"]["name"][len("db-"):]}
+    template = newest["data"]["spec"]["template"]
+    assert template["$patch"] == "replace"
+    assert template["spec"]["containers"][0]["image"] == "repo/db:2"
+    assert_owned(newest, sts)
+
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "side",
+                                                            "image": "repo/side:2"}]}}}}
+    assert kubectl.ok("patch", "sts", "db", "-n", NS, "-p", json.dumps(patch)).strip() == \
+        "statefulset.apps/db patched"
+    out = kubectl.ok("rollout", "status", "statefulset/db", "-n", NS, "--timeout=20s")
+    assert out.splitlines()[-1] == "partitioned roll out complete: 2 new pods have been updated..."
+    pods = live_pods(kubectl, "db")
+    assert images(pods) == ["repo/db:2"] * 2 and images(pods, 1) == ["repo/side:2"] * 2
+    assert sim.get("statefulsets", "db", NS)["metadata"]["generation"] == 3
+
+
+def test_statefulset_parallel_without_rolling_update_field(kubectl, sim):
+    sim.add_statefulset("web", containers=[{"name": "app", "image": "repo/web:1"}], replicas=2,
+                        update_strategy="RollingUpdate", pod_management_policy="Parallel",
+                        behaviour=READY_FAST)
+    spec = sim.get("statefulsets", "web", NS)["spec"]
+    assert spec["updateStrategy"] == {"type": "RollingUpdate"}  # no rollingUpdate: not defaulted
+    assert spec["podManagementPolicy"] == "Parallel"
+    ops = [{"op": "replace", "path": "/spec/template/spec/containers/0/image",
+            "value": "repo/web:2"}]
+    kubectl.ok("patch", "statefulset", "web", "-n", NS, "--type=json", "-p", json.dumps(ops))
+    out = kubectl.ok("rollout", "status", "sts/web", "-n", NS, "--timeout=20s").splitlines()
+    update = sim.get("statefulsets", "web", NS)["status"]["updateRevision"]
+    assert out[-1] == "statefulset rolling update complete 2 pods at revision %s..." % update
+    assert any(line.startswith(("waiting for statefulset rolling update to complete ",
+                                "Waiting for ")) for line in out[:-1])
+    assert images(live_pods(kubectl, "web")) == ["repo/web:2"] * 2
+
+
+def test_daemonset_set_image_and_patch_roll_out(kubectl, sim):
+    sim.add_daemonset("agent", containers=[{"name": "agent", "image": "repo/agent:1"}],
+                      behaviour=READY_FAST)
+    image_id = sim.set_digest("repo/agent:2", "sha256:" + "ef" * 32)
+    assert kubectl.ok("set", "image", "daemonset/agent", "agent=repo/agent:2", "-n", NS).strip() \
+        == "daemonset.apps/agent image updated"
+    out = kubectl.ok("rollout", "status", "ds/agent", "-n", NS, "--timeout=20s").splitlines()
+    assert out[-1] == 'daemon set "agent" successfully rolled out'
+    assert any(line.startswith('Waiting for daemon set "agent" rollout to finish: ')
+               for line in out[:-1])
+
+    ds = kubectl.json("get", "daemonset", "agent", "-n", NS)
+    assert ds["status"] == {"currentNumberScheduled": 3, "desiredNumberScheduled": 3,
+                            "numberAvailable": 3, "numberMisscheduled": 0, "numberReady": 3,
+                            "observedGeneration": 2, "updatedNumberScheduled": 3}
+    assert ds["metadata"]["annotations"]["deprecated.daemonset.template.generation"] == "2"
+    revisions = revisions_of(sim, ds)
+    assert [r["revision"] for r in revisions] == [1, 2]
+    revision_hash = revisions[-1]["metadata"]["labels"]["controller-revision-hash"]
+    assert revisions[-1]["metadata"]["name"] == "agent-" + revision_hash
+    pods = live_pods(kubectl, "agent")
+    assert sorted(pod["spec"]["nodeName"] for pod in pods) == \
+        ["sim-node-1", "sim-node-2", "sim-node-3"]
+    for pod in pods:
+        assert re.match(r"^agent-[a-z0-9]{5}$", pod["metadata"]["name"])
+        labels = pod["metadata"]["labels"]
+        assert (labels["controller-revision-hash"], labels["pod-template-generation"]) == \
+            (revision_hash, "2")
+        assert_owned(pod, ds)
+        app = pod["status"]["containerStatuses"][0]
+        assert (app["image"], app["imageID"], app["ready"]) == ("repo/agent:2", image_id, True)
+
+    patch = {"spec": {"template": {"metadata": {"annotations": {"example.com/rev": "3"}}},
+                      "updateStrategy": {"rollingUpdate": {"maxUnavailable": "100%"}}}}
+    kubectl.ok("patch", "ds", "agent", "-n", NS, "--type=merge", "-p", json.dumps(patch))
+    out = kubectl.ok("rollout", "status", "daemonset/agent", "-n", NS, "--timeout=20s")
+    assert out.splitlines()[-1] == 'daemon set "agent" successfully rolled out'
+    pods = live_pods(kubectl, "agent")
+    assert {pod["metadata"]["labels"]["pod-template-generation"] for pod in pods} == {"3"}
+    assert {pod["metadata"]["annotations"]["example.com/rev"] for pod in pods} == {"3"}
+
+    assert sim.set_nodes(4) == ["sim-node-1", "sim-node-2", "sim-node-3", "sim-node-4"]
+    sim.wait_for(lambda s: s.get("daemonsets", "agent", NS)["status"].get("numberAvailable") == 4,
+                 timeout=5, what="a pod on the new node")
+    assert sorted(pod["spec"]["nodeName"] for pod in live_pods(kubectl, "agent"))[-1] == \
+        "sim-node-4"
+
+
+def test_rollout_status_times_out_when_new_pods_hang(kubectl, sim):
+    sim.add_statefulset("db", containers=[{"name": "app", "image": "repo/db:1"}], replicas=2)
+    sim.add_daemonset("agent", containers=[{"name": "agent", "image": "repo/agent:1"}],
+                      max_surge=1, max_unavailable=0)
+    for image in ("repo/db:2", "repo/agent:2"):
+        sim.set_image_behaviour(image, {"mode": "hang"})
+    kubectl.ok("set", "image", "sts/db", "app=repo/db:2", "-n", NS)
+    kubectl.ok("set", "image", "ds/agent", "agent=repo/agent:2", "-n", NS)
+    started = time.time()
+    procs = {kind: subprocess.Popen(kubectl.argv(["rollout", "status", kind, "-n", NS,
+                                                  "--timeout=2s"]),
+                                    env=kubectl.env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for kind in ("sts/db", "ds/agent")}  # both at once: one 2 s wait
+    results = {kind: proc.communicate(timeout=30) + (proc.returncode,)
+               for kind, proc in procs.items()}
+    assert 1.5 < time.time() - started < 15
+    for kind, waiting in (
+            ("sts/db", "Waiting for 1 pods to be ready..."),
+            ("ds/agent", 'Waiting for daemon set "agent" rollout to finish: '
+                         "0 out of 3 new pods have been updated...")):
+        stdout, stderr, code = results[kind]
+        assert code == 1, (kind, stdout, stderr)
+        assert "error: timed out waiting for the condition" in stderr
+        assert waiting in stdout.splitlines()
+
+    pods = live_pods(kubectl, "db")  # the highest ordinal was replaced and hangs
+    assert images(pods) == ["repo/db:1", "repo/db:2"]
+    assert pods[1]["status"]["phase"] == "Pending"
+    assert pods[1]["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == \
+        "ContainerCreating"
+    pods = live_pods(kubectl, "agent")  # maxSurge 1: a new pod next to an old one, all old kept
+    assert sorted(images(pods)) == ["repo/agent:1"] * 3 + ["repo/agent:2"]
+    assert [pod["status"]["phase"] for pod in pods if images([pod]) == ["repo/agent:2"]] == \
+        ["Pending"]
+
+
+def test_partitioned_statefulset_rollout(kubectl, sim):
+    sim.add_statefulset("db", containers=[{"name": "app", "image": "repo/db:1"}], replicas=3,
+                        partition=1, behaviour=READY_FAST)
+    kubectl.ok("set", "image", "sts/db", "app=repo/db:2", "-n", NS)
+    out = kubectl.ok("rollout", "status", "sts/db", "-n", NS, "--timeout=20s").splitlines()
+    assert out[-1] == "partitioned roll out complete: 2 new pods have been updated..."
+    assert any(line.startswith("Waiting for ") for line in out[:-1])
+    assert images(live_pods(kubectl, "db")) == ["repo/db:1", "repo/db:2", "repo/db:2"]
+    status = sim.get("statefulsets", "db", NS)["status"]
+    assert status["currentRevision"] != status["updateRevision"]
+    assert (status["currentReplicas"], status["updatedReplicas"], status["readyReplicas"]) == \
+        (1, 2, 3)
+
+    kubectl.ok("patch", "sts", "db", "-n", NS, "--type=merge",
+               "-p", '{"spec": {"updateStrategy": {"rollingUpdate": {"partition": 0}}}}')
+    out = kubectl.ok("rollout", "status", "sts/db", "-n", NS, "--timeout=20s")
+    assert out.splitlines()[-1] == "partitioned roll out complete: 3 new pods have been updated..."
+    assert images(live_pods(kubectl, "db")) == ["repo/db:2"] * 3
+    status = sim.get("statefulsets", "db", NS)["status"]
+    assert status["currentRevision"] == status["updateRevision"]
+    assert status["currentReplicas"] == 3
+
+
+def test_on_delete_rollout_status_refuses(kubectl, sim):
+    sim.add_statefulset("db", containers=[{"name": "app", "image": "repo/db:1"}], replicas=2,
+                        update_strategy="OnDelete", behaviour=READY_FAST)
+    sim.add_daemonset("agent", containers=[{"name": "agent", "image": "repo/agent:1"}],
+                      update_strategy="OnDelete", behaviour=READY_FAST)
+    kubectl.ok("set", "image", "sts/db", "app=repo/db:2", "-n", NS)
+    kubectl.ok("set", "image", "ds/agent", "agent=repo/agent:2", "-n", NS)
+    for kind in ("statefulset/db", "daemonset/agent"):
+        result = kubectl("rollout", "status", kind, "-n", NS, "--timeout=5s")
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr.strip() == \
+            "error: rollout status is only available for RollingUpdate strategy type"
+
+    def observed(_sim):
+        return all(_sim.get(kind, name, NS)["status"].get("observedGeneration") == 2
+                   for kind, name in (("statefulsets", "db"), ("daemonsets", "agent")))
+
+    sim.wait_for(observed, timeout=5, what="the controllers to see generation 2")
+    assert images(live_pods(kubectl, "db")) == ["repo/db:1"] * 2  # OnDelete: left alone
+    agents = live_pods(kubectl, "agent")
+    assert images(agents) == ["repo/agent:1"] * 3
+
+    kubectl.ok("delete", "pod", "db-1", "-n", NS)
+    victim = [p for p in agents if p["spec"]["nodeName"] == "sim-node-2"][0]["metadata"]["name"]
+    kubectl.ok("delete", "pod", victim, "-n", NS)
+
+    def replaced(_sim):
+        db = {p["metadata"]["name"]: p for p in _sim.list("pods", NS, "app=db")}
+        agent = [p for p in _sim.list("pods", NS, "app=agent")
+                 if p["spec"]["nodeName"] == "sim-node-2"]
+        return ("db-1" in db and images([db["db-1"]]) == ["repo/db:2"] and len(agent) == 1
+                and images(agent) == ["repo/agent:2"]
+                and _sim.get("daemonsets", "agent", NS)["status"].get("numberAvailable") == 3)
+
+    sim.wait_for(replaced, timeout=10, what="deleted pods recreated at the update revision")
+    assert images(live_pods(kubectl, "db")) == ["repo/db:1", "repo/db:2"]
+    status = sim.get("statefulsets", "db", NS)["status"]
+    assert status["currentRevision"] != status["updateRevision"]  # OnDelete never "completes"
+    assert sim.get("daemonsets", "agent", NS)["status"]["updatedNumberScheduled"] == 1
+
+
+@pytest.mark.parametrize("kind,name,container", [("statefulset", "db", "app"),
+                                                 ("daemonset", "agent", "agent")])
+def test_rollout_undo_and_history(kubectl, sim, kind, name, container):
+    add = sim.add_statefulset if kind == "statefulset" else sim.add_daemonset
+    sim.set_nodes(2)
+    add(name, containers=[{"name": container, "image": "repo/%s:1" % name}],
+        behaviour=READY_FAST, annotations={"kubernetes.io/change-cause": "initial release"})
+    ref = "%s/%s" % (kind, name)
+    cause = "kubernetes.io/change-cause=bump to repo/%s:2" % name
+    kubectl.ok("annotate", ref, "-n", NS, "--overwrite", cause)  # copied into the next revision
+    kubectl.ok("set", "image", ref, "%s=repo/%s:2" % (container, name), "-n", NS)
+    kubectl.ok("rollout", "status", ref, "-n", NS, "--timeout=20s")
+    out = kubectl.ok("rollout", "history", ref, "-n", NS)
+    assert out.splitlines()[0].strip() == "%s.apps/%s" % (kind, name)
+    assert history_rows(out) == [["1", "initial release"], ["2", "bump to repo/%s:2" % name]]
+    assert "repo/%s:1" % name in kubectl.ok("rollout", "history", ref, "-n", NS, "--revision=1")
+
+    obj = sim.get(kind, name, NS)
+    first = revisions_of(sim, obj)[0]
+    sim.clear_requests()
+    assert kubectl.ok("rollout", "undo", ref, "-n", NS).strip() == \
+        "%s.apps/%s rolled back" % (kind, name)
+    api = [r for r in sim.requests()
+           if r["path"] not in DISCOVERY and not r["path"].startswith("/openapi")]
+    base = "/apis/apps/v1/namespaces/%s/" % NS
+    assert [(r["method"], r["path"], r["raw_query"]) for r in api] == [
+        ("GET", base + "%ss/%s" % (kind, name), ""),
+        ("GET", base + "%ss/%s" % (kind, name), ""),
+        ("GET", base + "controllerrevisions", "labelSelector=app%3D" + name),
+        ("PATCH", base + "%ss/%s" % (kind, name), "")]
+    assert api[-1]["content_type"] == "application/strategic-merge-patch+json"
+    assert api[-1]["body"] == first["data"]  # the revision's data, sent back verbatim
+
+    kubectl.ok("rollout", "status", ref, "-n", NS, "--timeout=20s")
+    assert set(images(live_pods(kubectl, name))) == {"repo/%s:1" % name}
+    revisions = revisions_of(sim, sim.get(kind, name, NS))
+    assert [r["revision"] for r in revisions] == [2, 3]
+    assert revisions[-1]["metadata"]["name"] == first["metadata"]["name"]  # re-used, renumbered
+    assert history_rows(kubectl.ok("rollout", "history", ref, "-n", NS)) == \
+        [["2", "bump to repo/%s:2" % name], ["3", "initial release"]]
+
+    # kubectl compares its own rendering of the template with the revision's data byte for
+    # byte: the simulated 1.32 server writes "creationTimestamp": null into it, as kubectl up
+    # to 1.33 does; kubectl 1.34+ leaves it out, sends the (no-op) patch and says so.
+    generation = sim.get(kind, name, NS)["metadata"]["generation"]
+    out = kubectl.ok("rollout", "undo", ref, "-n", NS, "--to-revision=3").strip()
+    if kubectl_minor(sim) < 34:
+        assert out == "%s.apps/%s skipped rollback (current template already matches revision 3)" \
+            % (kind, name)
+    else:
+        assert out == "%s.apps/%s rolled back" % (kind, name)
+    assert sim.get(kind, name, NS)["metadata"]["generation"] == generation
+    result = kubectl("rollout", "undo", ref, "-n", NS, "--to-revision=1")
+    assert result.returncode == 1
+    assert "unable to find specified revision 1 in history" in result.stderr
+
+
+def test_rollout_undo_skips_when_server_and_kubectl_agree(kubectl, sim):
+    # The dispatcher runs kubectl 1.33 for a 1.33 server; the new kubectl gets a 1.37 server.
+    sim.set_server_version("1.33.1" if kubectl.binary == DISPATCHER else "1.37.1")
+    sim.add_statefulset("db", containers=[{"name": "app", "image": "repo/db:1"}],
+                        behaviour=READY_FAST)
+    sim.add_daemonset("agent", containers=[{"name": "agent", "image": "repo/agent:1"}],
+                      behaviour=READY_FAST)
+    template = sim.list("controllerrevisions", NS, "app=agent")[0]["data"]["spec"]["template"]
+    assert ("creationTimestamp" in template["metadata"]) == (kubectl.binary == DISPATCHER)
+    for ref in ("statefulset/db", "daemonset/agent"):
+        out = kubectl.ok("rollout", "undo", ref, "-n", NS, "--to-revision=1").strip()
+        assert out == "%s.apps/%s skipped rollback (current template already matches " \
+            "revision 1)" % tuple(ref.split("/"))
+    result = kubectl("rollout", "undo", "sts/db", "-n", NS)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no last revision to roll back to"
+
+
+def test_get_deployment_statefulset_and_daemonset_in_one_list(kubectl, sim):
+    sim.add_deployment("a")
+    sim.add_statefulset("b")
+    sim.add_daemonset("c")
+    listed = kubectl.json("get", "deployment/a", "statefulset/b", "daemonset/c", "deployment/x",
+                          "statefulset/y", "daemonset/z", "-n", NS, "--ignore-not-found")
+    assert listed["kind"] == "List"
+    assert [(item["kind"], item["metadata"]["name"]) for item in listed["items"]] == \
+        [("Deployment", "a"), ("StatefulSet", "b"), ("DaemonSet", "c")]
+
+    names = kubectl.ok("get", "sts,ds,controllerrevisions", "-n", NS, "-o", "name").split()
+    assert names[:2] == ["statefulset.apps/b", "daemonset.apps/c"]
+    assert sorted(n.split("/")[1].rsplit("-", 1)[0] for n in names[2:]) == ["b", "c"]
+    assert all(n.startswith("controllerrevision.apps/") for n in names[2:])
+    kinds = [item["kind"] for item in kubectl.json("get", "all", "-n", NS)["items"]]
+    assert sorted(set(kinds)) == ["DaemonSet", "Deployment", "Pod", "ReplicaSet", "StatefulSet"]
+    assert "ControllerRevision" not in kinds  # not in the "all" category
+
+    result = kubectl("get", "statefulset", "nope", "-n", NS)
+    assert result.returncode == 1
+    assert result.stderr.strip() == \
+        'Error from server (NotFound): statefulsets.apps "nope" not found'
+
+
+def test_image_pull_backoff_on_statefulset_and_daemonset_pods(kubectl, sim):
+    sim.add_statefulset("db", containers=[{"name": "app", "image": "repo/db:1"}], replicas=2)
+    sim.add_daemonset("agent", containers=[{"name": "agent", "image": "repo/agent:1"}])
+    for image in ("repo/db:bad", "repo/agent:bad"):
+        sim.set_image_behaviour(image, {"mode": "image_pull_backoff", "delay": 0.1})
+    kubectl.ok("set", "image", "sts/db", "app=repo/db:bad", "-n", NS)
+    kubectl.ok("set", "image", "ds/agent", "agent=repo/agent:bad", "-n", NS)
+
+    def backing_off(_sim):
+        found = {}
+        for app in ("db", "agent"):
+            for pod in _sim.list("pods", NS, "app=" + app):
+                status = (pod["status"].get("containerStatuses") or [{}])[0]
+                if status.get("state", {}).get("waiting", {}).get("reason") == "ImagePullBackOff":
+                    found[app] = pod["metadata"]["name"]
+        return found if len(found) == 2 else None
+
+    names = sim.wait_for(backing_off, timeout=10, what="ImagePullBackOff pods")
+    assert names["db"] == "db-1"  # the highest ordinal is replaced first
+    pods = {pod["metadata"]["name"]: pod for pod in kubectl.json("get", "pods", "-n", NS)["items"]}
+    for app, image in (("db", "repo/db:bad"), ("agent", "repo/agent:bad")):
+        pod = pods[names[app]]
+        status = pod["status"]["containerStatuses"][0]
+        assert pod["status"]["phase"] == "Pending" and status["ready"] is False
+        assert status["image"] == image
+        assert status["state"]["waiting"]["message"] == 'Back-off pulling image "%s"' % image
+    assert images(live_pods(kubectl, "db")) == ["repo/db:1", "repo/db:bad"]
+    agents = live_pods(kubectl, "agent")  # maxUnavailable 1: only one node was touched
+    assert sorted(images(agents)) == ["repo/agent:1"] * 2 + ["repo/agent:bad"]
+    status = sim.get("statefulsets", "db", NS)["status"]
+    assert (status["readyReplicas"], status["updatedReplicas"]) == (1, 1)
+    assert status["currentRevision"] != status["updateRevision"]
+    status = sim.get("daemonsets", "agent", NS)["status"]
+    assert (status["numberAvailable"], status["numberUnavailable"],
+            status["updatedNumberScheduled"]) == (2, 1, 1)
+
+
+def test_statefulset_scale_validation_and_delete(kubectl, sim):
+    sim.add_statefulset("db", containers=[{"name": "app", "image": "repo/db:1"}],
+                        behaviour=READY_FAST)
+    assert kubectl.ok("scale", "statefulset/db", "-n", NS, "--replicas=3").strip() == \
+        "statefulset.apps/db scaled"
+    out = kubectl.ok("rollout", "status", "sts/db", "-n", NS, "--timeout=20s")
+    assert out.splitlines()[-1] == "partitioned roll out complete: 3 new pods have been updated..."
+    assert [p["metadata"]["name"] for p in live_pods(kubectl, "db")] == ["db-0", "db-1", "db-2"]
+    kubectl.ok("scale", "sts/db", "-n", NS, "--replicas=1")
+    sim.wait_for(lambda s: [p["metadata"]["name"] for p in s.list("pods", NS, "app=db")]
+                 == ["db-0"], timeout=10, what="scale down to db-0")
+
+    result = kubectl("patch", "sts", "db", "-n", NS, "--type=merge",
+                     "-p", '{"spec": {"serviceName": "other"}}')
+    assert result.returncode == 1
+    assert 'The StatefulSet "db" is invalid: spec: Forbidden: updates to statefulset spec for ' \
+        "fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', " \
+        "'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden" \
+        in result.stderr
+    # Switching to OnDelete with a merge patch keeps the defaulted rollingUpdate: refused ...
+    result = kubectl("patch", "sts", "db", "-n", NS, "--type=merge",
+                     "-p", '{"spec": {"updateStrategy": {"type": "OnDelete"}}}')
+    assert result.returncode == 1
+    assert "spec.updateStrategy.rollingUpdate: Invalid value" in result.stderr
+    assert "only allowed for updateStrategy 'RollingUpdate'" in result.stderr
+    # ... replacing the whole strategy works.
+    ops = [{"op": "replace", "path": "/spec/updateStrategy", "value": {"type": "OnDelete"}}]
+    kubectl.ok("patch", "sts", "db", "-n", NS, "--type=json", "-p", json.dumps(ops))
+
+    kubectl.ok("delete", "statefulset", "db", "-n", NS)
+    sim.wait_for(lambda s: not s.list("pods", NS, "app=db")
+                 and not s.list("controllerrevisions", NS, "app=db"),
+                 timeout=10, what="pods and revisions garbage-collected")
+
+
+def test_statefulset_and_daemonset_admin_api(sim):
+    """Pod management policies, nodes, behaviours and the admin API, without kubectl."""
+    sim.add_statefulset("ordered", replicas=3, behaviour="hang", ready=False)
+    sim.add_statefulset("parallel", replicas=3, behaviour="hang", ready=False,
+                        pod_management_policy="Parallel")
+
+    def pod_names(_sim, app):
+        return sorted(p["metadata"]["name"] for p in _sim.list("pods", NS, "app=" + app))
+
+    sim.wait_for(lambda s: pod_names(s, "parallel") == ["parallel-0", "parallel-1", "parallel-2"],
+                 timeout=5, what="Parallel creates every pod at once")
+    assert pod_names(sim, "ordered") == ["ordered-0"]  # OrderedReady waits for ordered-0
+    sim.set_behaviour("ordered", NS, READY_FAST, kind="StatefulSet")
+    assert sim.get("pods", "ordered-0", NS)["status"]["phase"] == "Pending"  # new pods only
+    sim.delete_statefulset("ordered", NS)
+    assert sim.get("statefulsets", "ordered", NS) is None and pod_names(sim, "ordered") == []
+
+    ds = sim.add_daemonset("agent", template_annotations={"a": "b"}, labels={"team": "x"},
+                           selector={"app": "agent", "tier": "node"})
+    assert ds["metadata"]["labels"] == {"team": "x"}
+    assert ds["spec"]["selector"] == {"matchLabels": {"app": "agent", "tier": "node"}}
+    assert ds["spec"]["template"]["metadata"]["annotations"] == {"a": "b"}
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    assert sim.nodes() == ["sim-node-1", "sim-node-2", "sim-node-3"]
+    assert sim.set_nodes(1) == ["sim-node-1"]
+    sim.wait_for(lambda s: len(s.list("pods", NS, "app=agent")) == 1, timeout=5,
+                 what="pods of removed nodes deleted")
+    status = sim.get("daemonsets", "agent", NS)["status"]
+    assert (status["desiredNumberScheduled"], status["numberAvailable"]) == (1, 1)
+
+    with pytest.raises(k8s_sim.SimError) as err:
+        sim._call("POST", "/_sim/statefulsets", {"name": "x", "bogus": 1})
+    assert err.value.code == 400 and "bogus" in err.value.body["message"]
+    with pytest.raises(k8s_sim.SimError):
+        sim.set_nodes(-1)
+    with pytest.raises(k8s_sim.SimError) as err:
+        sim.add_statefulset("bad", update_strategy="Sometimes")
+    assert err.value.code == 422
+    assert 'spec.updateStrategy.type: Unsupported value: "Sometimes"' in err.value.body["message"]
+
+    sim.reset()
+    assert sim.nodes() == ["sim-node-1", "sim-node-2", "sim-node-3"]
+    for kind in ("statefulsets", "daemonsets", "controllerrevisions", "pods"):
+        assert sim.list(kind, NS) == [], kind
+
+
+# --------------------------------------------------------------------------
 # Patch and selector helpers (no kubectl)
 # --------------------------------------------------------------------------
 
