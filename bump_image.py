@@ -2099,6 +2099,11 @@ def new_pods(uid, expected, replicasets, pods):
             and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
 
 
+def _ready(pod):
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 def _statuses(pod):
     status = pod.get("status") or {}
     return (list(status.get("initContainerStatuses") or [])
@@ -2683,9 +2688,7 @@ class Engine:
             self.interrupted = getattr(exc, "signum", 2)
             self.stop.set()
             self.kubectl.kill()
-            for thread in self._threads:
-                if self.signals.count() < 2:     # a second signal: no more waiting
-                    thread.join(1.0)
+            self.join_threads()
             self.finish_interrupted()
         image = self.settings.image
         result = Result(self.probes, self.components, self.exit_code(),
@@ -2696,6 +2699,14 @@ class Engine:
             self.on_event(comp.event())
         self.on_event(result.summary())
         return result
+
+    def join_threads(self, seconds=1.0):
+        """Give the probe or rollout threads ``seconds`` each to end after their
+        children were killed; a second signal ends the waiting at once."""
+        for thread in self._threads:
+            until = time.monotonic() + seconds
+            while thread.is_alive() and time.monotonic() < until and self.signals.count() < 2:
+                thread.join(_POLL)
 
     def exit_code(self):
         if self.interrupted:
@@ -2983,6 +2994,8 @@ class Engine:
             comp.workload.key, comp.revision or "previous", comp.previous_image))
         try:
             self.kubectl.checked(args, "rollout undo")
+            if comp.workload.kind == "statefulset":
+                self.delete_stuck_pods(w)
         except KubectlFailed as exc:
             comp.fail(code, "%s; rollback failed: %s" % (message, exc.message), self.clock)
             return None
@@ -2990,6 +3003,22 @@ class Engine:
         rollback = self.wait_for(comp, "rollback", timeout)
         rollback.failed = (code, message)
         return rollback
+
+    def delete_stuck_pods(self, w):
+        """A StatefulSet does not replace a pod of the failed revision that never got
+        ready, even once its template is reverted (Kubernetes' "forced rollback"):
+        delete those pods, and only those, so that the old revision comes back."""
+        state = self.read_rollout_state([w.comp])
+        if state is None:
+            return
+        _, replicasets, pods = state
+        stuck = [_meta(p).get("name") for p in new_pods(w.comp.uid, w.expected, replicasets,
+                                                         pods) if not _ready(p)]
+        if stuck:
+            self.log("%s: deleting %s, stuck on the failed revision (a StatefulSet does not"
+                     " replace such pods by itself)" % (w.comp.workload.key, ", ".join(stuck)))
+            self.kubectl.checked(["delete", "pod"] + stuck + [self.kubectl.ns, "--wait=false"],
+                                 "delete pod")
 
     def finish_rollback(self, w):
         comp = w.comp

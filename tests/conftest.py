@@ -96,8 +96,8 @@ class Cluster:
         self.sim.add_deployment("ollama-bridge",
                                 containers=[{"name": "bridge", "image": image}], **kwargs)
 
-    def image(self, name, container, namespace="noetl"):
-        spec = self.sim.get("deployments", name, namespace)["spec"]["template"]["spec"]
+    def image(self, name, container, namespace="noetl", kind="deployments"):
+        spec = self.sim.get(kind, name, namespace)["spec"]["template"]["spec"]
         for c in spec.get("containers", []) + spec.get("initContainers", []):
             if c["name"] == container:
                 return c["image"]

@@ -347,3 +347,85 @@ def test_worked_example_with_older_kubectl(sim_server, tmp_path, env, server_ver
     assert cluster.bump(cluster.payload(image=NEW)).summary["unchanged"] == 3
     agents = {r["user_agent"].split(" ")[0] for r in cluster.api_requests()}
     assert all("/v%s." % server_version.rsplit(".", 1)[0] in a for a in agents), agents
+
+
+def test_deadline_prints_the_summary_before_the_budget_ends(cluster):
+    """Three slow rollouts (3 s each, one after another) and deadline_seconds 6: the
+    first completes, the second is cut (deadline_exceeded, its change applied), the
+    third is never changed; the summary line arrives before 6 s from process start."""
+    import json
+    import subprocess
+    import sys
+    cluster.noetl()
+    cluster.sim.set_image_behaviour(NEW, {"mode": "ready", "delay": 3})
+    payload = cluster.payload(image=NEW, deadline_seconds=6, fail_fast_seconds=600)
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "bump_image.py", "--payload", json.dumps(payload)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cluster.env)
+    lines = []
+    for raw in proc.stdout:
+        lines.append((time.monotonic() - started, json.loads(raw)))
+    proc.wait(10)
+    stderr = proc.stderr.read().decode()
+    at, summary = lines[-1]
+    assert summary["event"] == "summary" and at < 6.0, (at, stderr)
+    assert proc.returncode == 1 and summary["exit_code"] == 1
+    comps = {e["component"]: e for _, e in lines if e["event"] == "component"}
+    assert comps["noetl-server"]["status"] == "changed"
+    for name in ("noetl-worker", "ollama-bridge"):
+        assert comps[name]["error"]["code"] == "deadline_exceeded", comps[name]
+    assert "rolls on in the cluster" in comps["noetl-worker"]["error"]["message"]
+    assert "not checked or changed" in comps["ollama-bridge"]["error"]["message"]
+    assert cluster.image("noetl-worker", "worker") == NEW       # applied, still rolling
+    assert cluster.image("ollama-bridge", "bridge") == OLD      # never reached
+
+
+# -- version 2 safety rules, with the real kubectl ---------------------------------------
+
+def test_a_sidecar_first_never_gets_the_app_image(cluster):
+    cluster.sim.add_deployment("api", containers=[
+        {"name": "cloudsql-proxy", "image": "gcr.io/cloudsql-docker/gce-proxy:1.33"},
+        {"name": "api", "image": "ghcr.io/noetl/noetl-api:v1"}])
+    run = cluster.bump(cluster.payload(image=NEW, deployment="api"))
+    assert run.code == 1
+    err = run.components["api"]["error"]
+    assert err["code"] == "container_ambiguous" and "cloudsql-proxy, api" in err["message"]
+    assert cluster.writes() == []
+    cluster.sim.add_deployment("annotated", containers=[
+        {"name": "cloudsql-proxy", "image": "gcr.io/cloudsql-docker/gce-proxy:1.33"},
+        {"name": "api", "image": "ghcr.io/noetl/noetl-api:v1"}],
+        template_annotations={"kubectl.kubernetes.io/default-container": "api"})
+    run = cluster.bump(cluster.payload(image=NEW, deployment="annotated"))
+    assert run.code == 0, run.stdout + run.stderr
+    assert run.components["annotated"]["containers"] == ["api"]
+    assert cluster.image("annotated", "api") == NEW
+    assert cluster.image("annotated", "cloudsql-proxy") == "gcr.io/cloudsql-docker/gce-proxy:1.33"
+
+
+def test_a_mistyped_namespace_is_none_found(cluster):
+    cluster.noetl()
+    run = cluster.bump(cluster.payload(image=NEW, namespace="noetll"))
+    assert run.code == 1
+    assert [c["status"] for c in run.components.values()] == ["skipped"] * 3
+    error = run.summary["error"]
+    assert error["code"] == "none_found" and run.summary["status"] == "failed"
+    assert 'namespace "noetll"' in error["message"] and 'context "sim"' in error["message"]
+    assert cluster.writes() == []
+
+
+def test_the_context_guard_runs_in_a_pod_given_a_kubeconfig(cluster):
+    """In-cluster (KUBERNETES_SERVICE_HOST set), a kubeconfig for another cluster is
+    exactly what the guard is for."""
+    cluster.noetl()
+    env = dict(cluster.env, KUBERNETES_SERVICE_HOST="10.96.0.1", KUBERNETES_SERVICE_PORT="443")
+    run = cluster.bump(cluster.payload(image=NEW, expected_kube_context="kind-noetl"), env=env)
+    assert run.code == 4 and run.events[0]["error"]["code"] == "context_mismatch"
+    assert cluster.writes() == []
+
+
+def test_a_registry_host_in_upper_case_is_the_same_image(cluster):
+    cluster.sim.add_deployment("noetl-server", containers=[{"name": "server", "image": NEW}])
+    run = cluster.bump(cluster.payload(image=NEW.replace("ghcr.io", "GHCR.io"),
+                                       deployment="noetl-server"))
+    assert run.code == 0 and run.components["noetl-server"]["status"] == "unchanged"
+    assert cluster.writes() == []

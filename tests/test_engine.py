@@ -494,3 +494,125 @@ def test_pin_digest_rerun_is_unchanged(env):
         run = run_cli(["--payload", payload], runner=kubectl, env=env)
     assert {e["status"] for e in run.event("component")} == {"unchanged"}
     assert kubectl.verbs() == ["get"]
+
+
+# -- version 2 ---------------------------------------------------------------------------
+
+def test_nothing_found_is_a_failure_naming_namespace_and_context(env):
+    """A mistyped namespace: every default skipped, but the run fails (none_found)."""
+    kubectl = FakeKubectl({}, context="kind-noetl")
+    run = cli({"image": IMAGE, "namespace": "noetll"}, kubectl, env)
+    assert run.code == 1
+    assert [c["status"] for c in run.event("component")] == ["skipped"] * 3
+    summary = run.summary
+    assert summary["status"] == "failed" and summary["exit_code"] == 1
+    assert summary["error"]["code"] == "none_found"
+    assert 'namespace "noetll"' in summary["error"]["message"]
+    assert 'context "kind-noetl"' in summary["error"]["message"]
+    assert kubectl.verbs() == ["get", "config current-context"]
+    run = cli({"image": IMAGE, "namespace": "noetll", "context": "prod"}, kubectl, env)
+    assert 'context "prod"' in run.summary["error"]["message"]
+    run = cli({"image": IMAGE, "namespace": "noetll"}, kubectl,
+              dict(env, KUBERNETES_SERVICE_HOST="10.0.0.1"))
+    assert "in-cluster" in run.summary["error"]["message"]
+
+
+def test_nothing_found_among_named_workloads_too(env):
+    kubectl = FakeKubectl({})
+    run = cli({"image": IMAGE, "deployments": ["a", "sts/b"]}, kubectl, env)
+    assert run.code == 1
+    assert [c["error"]["code"] for c in run.event("component")] == ["not_found", "not_found"]
+    assert run.components["b"]["error"]["message"] == \
+        'StatefulSet "b" not found in namespace "noetl"'
+    assert run.summary["error"]["code"] == "none_found"
+
+
+def test_some_found_is_not_none_found(env):
+    kubectl = FakeKubectl({"noetl-server": deployment("noetl-server", {"s": OLD})})
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.code == 0 and run.summary["error"] is None
+
+
+@pytest.mark.parametrize("extra_env, payload, guarded", [
+    ({}, {}, False),                                         # in-cluster: service account
+    ({"KUBECONFIG": "/k"}, {}, True),                        # a kubeconfig for another cluster
+    ({}, {"kubeconfig": "/k"}, True),
+    ({}, {"context": "prod"}, True),
+])
+def test_context_guard_in_cluster_only_when_nothing_names_a_cluster(env, extra_env, payload,
+                                                                    guarded):
+    kubectl = FakeKubectl(context="other")
+    run = cli(dict({"image": IMAGE, "expected_kube_context": "prod"}, **payload), kubectl,
+              dict(env, KUBERNETES_SERVICE_HOST="10.0.0.1", **extra_env))
+    if not guarded:
+        assert run.code == 0 and "context guard skipped" in run.stderr
+        assert "config current-context" not in kubectl.verbs()
+    elif payload.get("context") == "prod":
+        assert run.code == 0                    # the given context is the expected one
+    else:
+        assert run.code == 4 and run.events[0]["error"]["code"] == "context_mismatch"
+        assert kubectl.verbs() == ["config current-context"]
+
+
+def test_an_image_per_workload(env):
+    server, worker = "ghcr.io/noetl/noetl-server-rust:v3", "ghcr.io/noetl/noetl-worker-rust:v3"
+    kubectl = FakeKubectl({
+        "noetl-server": deployment("noetl-server", {"server": "ghcr.io/noetl/noetl-server-rust:v2"}),
+        "noetl-worker": deployment("noetl-worker", {"worker": "ghcr.io/noetl/noetl-worker-rust:v2"}),
+    })
+    run = cli({"images": {"noetl-server": server, "noetl-worker": worker}}, kubectl, env)
+    assert run.code == 0, run.stdout
+    assert [(e["image"], e["status"]) for e in run.event("probe")] == [
+        (server, "skipped"), (worker, "skipped")]
+    assert run.components["noetl-server"]["image"] == server
+    assert run.components["noetl-worker"]["image"] == worker
+    assert kubectl.image_of("noetl-server", "server") == server
+    assert kubectl.image_of("noetl-worker", "worker") == worker
+    causes = [p["metadata"]["annotations"]["kubernetes.io/change-cause"]
+              for p in kubectl.patches()]
+    assert causes == ["bump_image " + server, "bump_image " + worker]
+    assert run.summary["image"] is None
+    assert run.summary["images"] == {"noetl-server": server, "noetl-worker": worker}
+    again = cli({"images": {"noetl-server": server, "noetl-worker": worker}}, kubectl, env)
+    assert {c["status"] for c in again.event("component")} == {"unchanged"}
+    assert kubectl.verbs()[-1] == "get"
+
+
+def test_text_format_names_the_kind_and_the_summary_error(env):
+    kubectl = FakeKubectl({})
+    run = run_cli(["--format", "text", "--payload", json.dumps({
+        "image": IMAGE, "probe": "never", "deployments": ["web", "sts/db"]})],
+        runner=kubectl, env=env)
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("web             error   " + IMAGE + "  not_found")
+    assert lines[1].startswith("statefulset/db  error   " + IMAGE + "  not_found")
+    assert lines[2].startswith("summary         failed  none_found: none of the selected")
+
+
+class NotYet:
+    """An opener whose registry never has the manifest (404)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def open(self, request, timeout=None):
+        import urllib.error
+        self.calls += 1
+        raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, None)
+
+
+def test_the_deadline_cuts_the_probe_and_nothing_changes(env):
+    import time
+    kubectl, opener = FakeKubectl(), NotYet()
+    started = time.monotonic()
+    run = run_cli(["--payload", json.dumps({"image": IMAGE, "ghcr_probe_attempts": 1000,
+                                            "ghcr_probe_sleep_seconds": 0.3,
+                                            "deadline_seconds": 2})],
+                  runner=kubectl, opener=opener, env=env, sleeper=time.sleep)
+    elapsed = time.monotonic() - started
+    assert run.code == 3 and elapsed < 2, elapsed
+    (probe,) = run.event("probe")
+    assert probe["status"] == "unavailable" and probe["error"]["code"] == "deadline_exceeded"
+    assert probe["attempts"] == opener.calls and 2 <= opener.calls <= 5
+    assert kubectl.calls == []
+    assert [e["event"] for e in run.events] == ["probe", "summary"]

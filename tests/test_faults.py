@@ -26,6 +26,7 @@ delivered to the real CLI process.
 """
 
 import email.utils
+import io
 import json
 import os
 import re
@@ -1003,3 +1004,82 @@ def test_signal_while_the_payload_is_read_from_stdin(env):
     (event,) = [json.loads(line) for line in out.decode().splitlines()]
     assert event["event"] == "error" and event["exit_code"] == 143
     assert event["error"]["code"] == "interrupted"
+
+
+# ---------------------------------------------------------------------------
+# version 2: signals are recorded, acted on where the run waits; the summary is last
+# ---------------------------------------------------------------------------
+
+class SignalOnComponentLine:
+    """stdout that sends the process a signal while the component lines are
+    written (the review found: component lines, then an error line, no summary)."""
+
+    def __init__(self, signum):
+        self.signum, self.text, self.sent = signum, "", False
+
+    def write(self, text):
+        if '"event": "component"' in text and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_results_are_written_still_ends_with_the_summary(env, signum):
+    out = SignalOnComponentLine(signum)
+    code = bump_image.main(["--payload", json.dumps({"image": IMAGE, "probe": "never"})],
+                           stdout=out, stderr=open(os.devnull, "w"), env=env,
+                           runner=FakeKubectl(), sleeper=lambda s: None)
+    events = [json.loads(line) for line in out.text.splitlines()]
+    assert out.sent
+    assert [e["event"] for e in events] == ["probe"] + ["component"] * 3 + ["summary"]
+    assert events[-1]["exit_code"] == code == 0       # the run had finished: it stands
+
+
+class SlowToStop(FakeKubectl):
+    """kubectl whose rollout wait ignores kill() for 5 s (a stuck child)."""
+
+    def __call__(self, argv, timeout, env=None, tag=None):
+        if "rollout" in argv:
+            time.sleep(5)
+        return super().__call__(argv, timeout, env=env, tag=tag)
+
+
+def run_with_signals(env, signals, delay=0.5):
+    """main() in this process, sending SIGINT ``signals`` times from a timer."""
+    for i in range(signals):
+        threading.Timer(delay + 0.2 * i, os.kill, (os.getpid(), signal.SIGINT)).start()
+    out, err = io.StringIO(), io.StringIO()
+    started = time.monotonic()
+    code = bump_image.main(["--payload", json.dumps({
+        "image": IMAGE, "probe": "never", "deployment": "noetl-server"})], stdout=out,
+        stderr=err, env=env, runner=SlowToStop(), sleeper=lambda s: None)
+    return code, time.monotonic() - started, [json.loads(x) for x in out.getvalue().splitlines()]
+
+
+def test_a_second_sigint_ends_the_run_at_once_with_a_summary(env):
+    code, elapsed_one, events = run_with_signals(env, 1)
+    assert code == 130 and events[-1]["event"] == "summary"
+    assert elapsed_one >= 1.4          # the first SIGINT waits (up to 1 s) for the wait to end
+    code, elapsed_two, events = run_with_signals(env, 2)
+    assert code == 130 and events[-1]["event"] == "summary"
+    assert events[-1]["status"] == "interrupted"
+    assert events[-2]["error"]["code"] == "interrupted"
+    assert elapsed_two < 1.1 < elapsed_one, (elapsed_one, elapsed_two)
+
+
+def test_the_library_installs_no_signal_handler(env):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    seen = []
+
+    class Watching(FakeKubectl):
+        def __call__(self, argv, timeout, env=None, tag=None):
+            seen.append({sig: signal.getsignal(sig) for sig in before})
+            return super().__call__(argv, timeout, env=env, tag=tag)
+
+    result = bump_image.bump({"image": IMAGE, "probe": "never"}, runner=Watching(), env=env)
+    assert result.exit_code == 0 and seen
+    assert all(handlers == before for handlers in seen)

@@ -255,3 +255,174 @@ def test_probe_rule(image, mode, probed):
 ])
 def test_registry_endpoint(image, mirrors, base):
     assert bump_image.registry_endpoint(parse_image(image), mirrors) == base
+
+
+# -- version 2: workload kinds, an image per workload, a deadline ------------------------
+
+def keys(settings):
+    return [(w.key, w.image.text) for w in settings.workloads]
+
+
+@pytest.mark.parametrize("entry, kind, name", [
+    ("noetl-server", "deployment", "noetl-server"),
+    ("deployment/a", "deployment", "a"), ("deploy/a", "deployment", "a"),
+    ("Deployment/a", "deployment", "a"), ("statefulset/redis", "statefulset", "redis"),
+    ("sts/redis", "statefulset", "redis"), ("STS/redis", "statefulset", "redis"),
+    ("daemonset/agent", "daemonset", "agent"), ("ds/agent", "daemonset", "agent"),
+    ("DaemonSet/a.b", "daemonset", "a.b"),
+])
+def test_workload_entries(entry, kind, name):
+    s = parse_payload({"image": IMG, "deployments": [entry]})
+    (w,) = s.workloads
+    assert (w.kind, w.name) == (kind, name)
+    assert w.key == (name if kind == "deployment" else "%s/%s" % (kind, name))
+
+
+def test_images_without_a_list_key_are_the_workloads_in_order():
+    s = parse_payload({"images": {"noetl-worker": "ghcr.io/noetl/noetl-worker-rust:v3",
+                                  "sts/redis": "redis:7.2", "noetl-server":
+                                  "ghcr.io/noetl/noetl-server-rust:v3"}})
+    assert keys(s) == [("noetl-worker", "ghcr.io/noetl/noetl-worker-rust:v3"),
+                       ("statefulset/redis", "redis:7.2"),
+                       ("noetl-server", "ghcr.io/noetl/noetl-server-rust:v3")]
+    assert s.listed and s.image is None
+    assert [r.text for r in s.images] == ["ghcr.io/noetl/noetl-worker-rust:v3", "redis:7.2",
+                                          "ghcr.io/noetl/noetl-server-rust:v3"]
+
+
+def test_images_with_a_list_key_and_image_for_the_rest():
+    s = parse_payload({"image": IMG, "deployments": ["noetl-server", "noetl-worker",
+                                                     "statefulset/redis"],
+                       "images": {"statefulset/redis": "redis:7.2",
+                                  "deployment/noetl-worker": "ghcr.io/noetl/w:v3"}})
+    assert keys(s) == [("noetl-server", IMG), ("noetl-worker", "ghcr.io/noetl/w:v3"),
+                       ("statefulset/redis", "redis:7.2")]
+    assert [r.text for r in s.images] == [IMG, "ghcr.io/noetl/w:v3", "redis:7.2"]
+
+
+def test_images_in_the_payload_order_of_the_json_text():
+    from bump_image import load_payload
+    text = '{"images": {"z": "a/z:1", "a": "a/a:1", "m": "a/m:1"}}'
+    assert [w.name for w in parse_payload(load_payload(text)).workloads] == ["z", "a", "m"]
+
+
+def test_one_image_shared_by_every_workload_is_probed_once():
+    s = parse_payload({"images": {"a": IMG, "b": IMG}})
+    assert len(s.images) == 1 and s.image.text == IMG
+
+
+def test_deadline_seconds():
+    assert parse_payload({"image": IMG}).deadline_seconds is None
+    assert parse_payload({"image": IMG, "deadline_seconds": 570}).deadline_seconds == 570
+    assert parse_payload({"image": IMG, "deadline_seconds": 0.5}).deadline_seconds == 0.5
+
+
+@pytest.mark.parametrize("payload, message, hint", [
+    ({"image": IMG, "deployments": ["job/x"]}, r'deployments\[0\] "job/x": unknown kind "job"',
+     "statefulset (sts)"),
+    ({"image": IMG, "deployment": "cronjob/x"}, 'unknown kind "cronjob"', "daemonset (ds)"),
+    ({"image": IMG, "deployments": ["sts/"]}, "has no name after the kind", None),
+    ({"image": IMG, "deployments": ["/x"]}, 'unknown kind ""', None),
+    ({"image": IMG, "deployments": [""]}, "must not be empty", None),
+    ({"image": IMG, "deployments": ["sts/Redis"]}, "not a valid Kubernetes name", "'redis'"),
+    ({"image": IMG, "deployments": ["sts/a/b"]}, "not a valid Kubernetes name", None),
+    ({"image": IMG, "deployments": ["a", "deployment/a"]}, "listed twice", None),
+    ({"image": IMG, "deployments": ["sts/a", "statefulset/a"]}, "listed twice", None),
+    ({"images": []}, "images must be an object", "noetl-server"),
+    ({"images": {}}, "images is empty", None),
+    ({"images": {"a": 1}}, r'images\["a"\] must be a string', None),
+    ({"images": {"a": "Not A Ref"}}, r'images\["a"\] "Not A Ref" is invalid', None),
+    ({"images": {"a": "ghcr.io/x/y"}}, "neither a tag nor a digest", None),
+    ({"images": {"job/a": IMG}}, 'images key "job/a" "job/a": unknown kind', None),
+    ({"images": {"A": IMG}}, "not a valid Kubernetes name", None),
+    ({"images": {"a": IMG, "deployment/a": IMG}}, "images names a twice", None),
+    ({"image": IMG, "deployments": ["a"], "images": {"b": IMG}},
+     'images names "b", which deployments does not list', "add it to deployments"),
+    ({"deployments": ["a", "b"], "images": {"a": IMG}}, r"image is required for b \(not in"
+                                                        r" images\)", "give image"),
+    ({"deployments": ["a"]}, "image is required", "images"),
+    ({"image": IMG, "deadline_seconds": 0}, "greater than 0", None),
+    ({"image": IMG, "deadline_seconds": -1}, "greater than 0", None),
+    ({"image": IMG, "deadline_seconds": "570"}, "must be a number", "without quotes"),
+    ({"image": IMG, "deadline_seconds": 10 ** 7}, "at most 604800", None),
+    ({"images": {"a": "noetl:dev"}, "pin_digest": True}, "pin_digest needs", None),
+])
+def test_rejected_v2(payload, message, hint):
+    with pytest.raises(PayloadError) as caught:
+        parse_payload(payload)
+    err = caught.value
+    assert err.exit_code == 2
+    assert __import__("re").search(message, err.message), err.message
+    if hint:
+        assert hint in (err.hint or ""), err.hint
+
+
+# -- the payload as key=value lines (the NoETL playbook's form) --------------------------
+
+ALL_KEYS = [k.name for k in bump_image.PAYLOAD_KEYS] + ["script"]
+
+
+def lines(**values):
+    """Every key once, empty unless given (what the playbook renders)."""
+    return "".join("%s=%s\n" % (k, values.get(k, "")) for k in ALL_KEYS)
+
+
+def test_payload_lines_take_values_typed_by_their_key():
+    from bump_image import parse_payload_lines
+    payload = parse_payload_lines(lines(
+        image=IMG, ghcr_probe_attempts="3", ghcr_probe_sleep_seconds="0.5", dry_run="true",
+        parallel="True", components='["noetl-server", "sts/redis"]', script="bump_image.py",
+        registry_mirrors="{'ghcr.io': 'http://127.0.0.1:5000'}", deadline_seconds="570",
+        rollback_on_failure="False", namespace="noetl"))
+    assert payload == {"image": IMG, "ghcr_probe_attempts": 3, "ghcr_probe_sleep_seconds": 0.5,
+                       "dry_run": True, "parallel": True, "rollback_on_failure": False,
+                       "components": ["noetl-server", "sts/redis"], "namespace": "noetl",
+                       "registry_mirrors": {"ghcr.io": "http://127.0.0.1:5000"},
+                       "deadline_seconds": 570}
+    s = parse_payload(payload)
+    assert [w.key for w in s.workloads] == ["noetl-server", "statefulset/redis"]
+
+
+@pytest.mark.parametrize("value", ["", "null", "None", "{{ workload.image_repository }}"])
+def test_payload_lines_absent_values(value):
+    from bump_image import parse_payload_lines
+    assert parse_payload_lines(lines(image=IMG, image_repository=value)) == {"image": IMG}
+
+
+def test_payload_lines_python_literals_as_jinja_renders_them():
+    from bump_image import parse_payload_lines
+    payload = parse_payload_lines(lines(image=IMG, images="{'noetl-server': 'ghcr.io/a/s:1',"
+                                                         " 'noetl-worker': \"ghcr.io/a/w:1\"}"))
+    assert list(payload["images"]) == ["noetl-server", "noetl-worker"]
+
+
+@pytest.mark.parametrize("text, message", [
+    (lines(image=IMG).replace("namespace=\n", ""), "lack namespace"),
+    (lines(image=IMG) + "namespace=other\n", "repeats namespace"),
+    (lines(image=IMG + "\nnamespace=evil"), "repeats namespace"),
+    (lines(image=IMG + "\ntouch /tmp/x"), "is not KEY=VALUE"),
+    (lines(image=IMG).replace("image=", "imag="), "is not KEY=VALUE"),
+    (lines(image=IMG, namespace="a\rb"), "control character"),
+    (lines(image=IMG, script="-x"), "not a usable path"),
+    ("image=" + IMG + "\n", "lack"),
+    ("", "lack"),
+])
+def test_payload_lines_rejected(text, message):
+    from bump_image import parse_payload_lines
+    with pytest.raises(PayloadError, match=message):
+        parse_payload_lines(text)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("ghcr_probe_attempts", "twelve", "must be a whole number"),
+    ("ghcr_probe_attempts", "3.5", "whole number"),
+    ("dry_run", "yes", "true or false"),
+    ("components", "noetl-server", "must be a list"),
+    ("components", "[" * 5000, "must be a list"),
+    ("registry_mirrors", "{'ghcr.io': 1}", "must be a URL string"),
+    ("ghcr_probe_sleep_seconds", "NaN", "must be a number"),
+])
+def test_payload_lines_bad_values_are_payload_errors(key, value, message):
+    from bump_image import parse_payload_lines
+    with pytest.raises(PayloadError, match=message):
+        parse_payload(parse_payload_lines(lines(image=IMG, **{key: value})))

@@ -2,15 +2,21 @@
 
 import json
 import os
+import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import pytest
 from fakes import IMAGE, deployment, run_cli
 
 import bump_image
 from bump_image import ProcessRunner
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def stub_kubectl(tmp_path, env):
@@ -131,3 +137,110 @@ def test_kubectl_message_prefers_kubectls_own_words():
     assert bump_image.kubectl_message(c) == "kubectl exited with status 2"
     c = bump_image.Completed(1, "", "x" * 5000)
     assert len(bump_image.kubectl_message(c)) == 1000
+
+
+# -- version 2: the runner returns when kubectl exits; children die with the tool ------
+
+def executable(path, text):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def alive(marker):
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as fh:
+                    if marker.encode() in fh.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def gone(marker, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while alive(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive(marker) == []
+
+
+def test_a_child_that_exits_while_a_grandchild_holds_its_output(tmp_path):
+    """The review's case: ``sleep 8 & exit 0`` with timeout=2 returned after 8 s as a
+    time-out; now it returns soon after the wrapper exits, rc 0, not timed out, and
+    the grandchild is killed with its group."""
+    marker = "8.%d1" % os.getpid()
+    wrapper = executable(tmp_path / "kubectl", "#!/bin/sh\nsleep %s &\necho ok\nexit 0\n"
+                         % marker)
+    started = time.monotonic()
+    done = ProcessRunner()([wrapper], timeout=2)
+    elapsed = time.monotonic() - started
+    assert (done.returncode, done.timed_out, done.stdout) == (0, False, "ok\n")
+    assert elapsed < 1.5, elapsed
+    assert gone(marker)
+
+
+def test_the_deadline_kills_the_group_and_says_so(tmp_path):
+    marker = "9.%d2" % os.getpid()
+    wrapper = executable(tmp_path / "kubectl", "#!/bin/sh\nsleep %s &\nsleep %s\n"
+                         % (marker, marker))
+    started = time.monotonic()
+    done = ProcessRunner()([wrapper], timeout=1)
+    assert done.timed_out and time.monotonic() - started < 2.5
+    assert gone(marker)
+
+
+def test_a_stop_request_kills_the_child_and_raises_interrupted(tmp_path):
+    marker = "7.%d3" % os.getpid()
+    kubectl = executable(tmp_path / "kubectl", "#!/bin/sh\nexec sleep %s\n" % marker)
+    stop = []
+    runner = ProcessRunner(stopped=lambda: stop[0] if stop else None)
+    threading.Timer(0.3, stop.append, (15,)).start()
+    started = time.monotonic()
+    try:
+        runner([kubectl], timeout=30)
+    except bump_image.Interrupted as exc:
+        assert exc.signum == 15
+    else:
+        raise AssertionError("no Interrupted")
+    assert time.monotonic() - started < 1.5
+    assert gone(marker)
+
+
+CHILD_OF_A_KILLED_TOOL = r"""
+import sys
+sys.path.insert(0, %(root)r)
+import bump_image
+print("started", flush=True)
+bump_image.ProcessRunner()([%(kubectl)r], timeout=60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("from_a_thread", [False, True])
+def test_kubectl_dies_when_the_tool_is_killed_with_sigkill(tmp_path, from_a_thread):
+    """A supervisor (NoETL on time-out) kills the tool with SIGKILL: its kubectl
+    children, in sessions of their own, must not outlive it."""
+    marker = "60.%d%d" % (os.getpid(), from_a_thread)
+    kubectl = executable(tmp_path / "kubectl", "#!/bin/sh\nexec sleep %s\n" % marker)
+    code = CHILD_OF_A_KILLED_TOOL % {"root": str(ROOT), "kubectl": kubectl}
+    if from_a_thread:       # rollout waits run in a thread of the tool
+        code = code.replace("bump_image.ProcessRunner()(", "import threading\n"
+                            "t = threading.Thread(target=lambda: bump_image.ProcessRunner()(")
+        code = code.replace("timeout=60)", "timeout=60))\nt.start()\nt.join()")
+    tool = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert tool.stdout.readline() == b"started\n"
+        deadline = time.monotonic() + 10
+        while not alive(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert alive(marker), "kubectl never started"
+        tool.kill()
+        tool.wait(5)
+        assert gone(marker, timeout=3), "kubectl outlived the tool killed with SIGKILL"
+    finally:
+        tool.kill()
+        for pid in alive(marker):
+            os.kill(pid, signal.SIGKILL)
