@@ -1,26 +1,31 @@
 #!/usr/bin/env python3
-"""bump_image - move Kubernetes Deployments to one container image, safely.
+"""bump_image - move Kubernetes workloads to new container images, safely.
 
 Command line::
 
     python3 bump_image.py --payload '{"image": "ghcr.io/noetl/noetl:v2.35.9"}'
     python3 bump_image.py --payload @payload.json --format text
     echo '{"image": "ghcr.io/noetl/noetl:v2.35.9"}' | python3 bump_image.py --payload -
-    python3 -m bump_image --image ghcr.io/noetl/noetl:v2.35.9 --deployment noetl-worker
+    python3 -m bump_image --image ghcr.io/noetl/noetl:v2.35.9 --deployment sts/redis
+    python3 bump_image.py --payload '{"images": {"noetl-server": "ghcr.io/noetl/s:v3",
+                                                 "noetl-worker": "ghcr.io/noetl/w:v3"}}'
     bump-image ...                                  # once pip/pipx-installed
 
+Workloads are Deployments (the default three of NoETL, or any named), StatefulSets and
+DaemonSets (``sts/NAME``, ``ds/NAME``); each may have an image of its own (``images``).
 What one run does, in this order:
 
 1. validate the payload; nothing is contacted before it passes (exit 2);
-2. probe the registry until the image's manifest is visible, external images only,
-   and give up before any Deployment is changed (exit 3);
-3. read the selected Deployments with one ``kubectl get``; for each pick the
-   containers, compare, patch only when needed, wait for the rollout (failing fast
-   on pods that cannot start), optionally roll back, then verify the running pods;
-4. print one JSON line for the probe, one per Deployment and a summary on stdout;
-   progress goes to stderr.  Exit 0 ok, 1 a component failed, 2 bad input,
-   3 image unavailable, 4 environment (kubectl missing, wrong context),
-   130/143 interrupted.
+2. probe the registry for every distinct image at once until each manifest is
+   visible, external images only, and give up before anything is changed (exit 3);
+3. read the selected workloads with one ``kubectl get``; for each pick the containers
+   (never guessing), compare, patch only when needed, wait for the rollouts (one
+   ``kubectl rollout status`` for several; failing fast on pods that cannot start),
+   optionally roll back, then verify the running pods;
+4. print one JSON line per probed image, one per workload and a summary on stdout;
+   progress goes to stderr.  Exit 0 ok, 1 a component failed (or none was found),
+   2 bad input, 3 image unavailable, 4 environment (kubectl missing, wrong context),
+   130/143 interrupted.  ``deadline_seconds`` bounds the whole run.
 
 Library use::
 
@@ -28,7 +33,7 @@ Library use::
     result = bump_image.bump({"image": "ghcr.io/noetl/noetl:v2.35.9"})
     result.exit_code            # as the CLI would exit
     result.events()             # the probe, component and summary lines as dicts
-    result.probe                # a ProbeResult; result.components: [Component]
+    result.probes               # [ProbeResult]; result.components: [Component]
 
 ``bump()`` raises ``PayloadError`` (exit 2) or ``EnvironmentProblem`` (exit 4) when
 nothing could run; every other outcome is data in the returned ``Result``.  The
@@ -36,24 +41,30 @@ effects are keyword arguments with standard-library defaults: ``runner`` (runs
 kubectl, see ``ProcessRunner``), ``opener`` (urllib opener), ``sleeper``, ``clock``,
 ``env`` (environment mapping), ``on_event`` (called with each line as it is ready)
 and ``progress`` (called with each human-readable progress line; silent by
-default).  The payload keys are the table ``PAYLOAD_KEYS`` (``--help`` lists them);
-output lines and exit codes are described in README.md.
+default).  ``bump()`` installs no signal handler.  The payload keys are the table
+``PAYLOAD_KEYS`` (``--help`` lists them); output lines and exit codes are described
+in README.md.
 
 Where things live, top to bottom:
 
 1. Constants: defaults, media types, time-outs, waiting reasons.
 2. Errors: ``BumpError`` and its subclasses, each with a code and an exit status.
 3. Image references: ``parse_image`` (the distribution grammar), ``ImageRef``.
-4. Payload: the key table ``PAYLOAD_KEYS``, one checker per value type,
-   ``parse_payload`` -> ``Settings``.
+4. Payload: the key table ``PAYLOAD_KEYS``, one checker per value type, workloads
+   and images, ``parse_payload`` -> ``Settings``, ``parse_payload_lines`` (NoETL's form).
 5. Registry probe, pure: challenges, ``Retry-After``, judging an answer, endpoints,
    Docker config credentials.
-6. Registry probe, the HTTP edge: the opener, ``RegistryProbe`` (one image's attempts).
-7. Deployments, pure: ``plan_deployment`` (containers), ``decide`` (what to do with
-   one Deployment), ``rollout_verdict``, ``diagnose``, ``verify_pods``.
-8. kubectl, the subprocess edge: ``ProcessRunner``, ``Kubectl``.
-9. The engine: ``Engine`` (preflight, probe, read, apply, wait, verify) and ``bump``.
-10. Reporting and the command line: ``render_text``, the argument parser, ``main``.
+6. Registry probe, the HTTP edge: the opener (loaded lazily), ``RegistryProbe`` (one
+   image's attempts: token, challenge, digest).
+7. Workloads, pure: ``plan_containers`` (which containers), ``rollout_verdict`` (kubectl's
+   status viewers per kind), ``decide`` (what to do with one workload), the pods of a
+   new revision, ``diagnose``, ``verify_pods``, ``union_selector``.
+8. kubectl, the subprocess edge: ``ProcessRunner`` (deadlines, process groups, death
+   with the tool), ``Kubectl`` (global flags, errors).
+9. The engine: ``Engine`` (preflight, probes, read, apply, patch, wait, roll back,
+   verify) and ``bump``.
+10. Reporting and the command line: ``render_text``, the argument parser, the payload
+    sources (``--payload``, ``--payload-lines``), signals, the kept log, ``main``.
 """
 
 import argparse
@@ -76,7 +87,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
-__version__ = "1.0.0"
+__version__ = "2.0.0"
 
 __all__ = [
     "__version__",
@@ -128,6 +139,10 @@ ROLLOUT_GRACE = 10.0           # extra seconds before a rollout wait is killed
 ROLLBACK_TIMEOUT_CAP = 300     # seconds at most waiting for a rollback
 
 DEADLINE_RESERVE = 1.0         # seconds of deadline_seconds kept for the report
+# kubectl's client sends 10 requests at once, then 5 a second (client-go's QPS 5, burst
+# 10): so one kubectl reads, patches or waits for at most this many named objects
+# (one request each per client) and none of them waits for the rate limiter
+CHUNK = 10
 
 #: The workload kinds, as the payload names them and as Kubernetes spells them.
 KINDS = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}
@@ -353,7 +368,7 @@ def parse_image(text):
         if port and int(port.group(1)) > 65535:
             raise ValueError("invalid registry port in %r (at most 65535)" % first)
         domain, path, explicit = first, remainder, True
-    if domain == "index.docker.io":
+    if domain.lower() in ("docker.io", "index.docker.io"):
         domain = "docker.io"
     for component in path.split("/"):
         if not _PATH_COMPONENT_RE.fullmatch(component):
@@ -1170,9 +1185,10 @@ def registry_endpoint(ref, mirrors):
 
     Plain http is used only for loopback hosts (or a mirror URL that says so).
     """
-    if ref.domain.lower() in mirrors:
-        return mirrors[ref.domain.lower()]
-    if ref.domain == "docker.io":
+    domain = ref.domain.lower()
+    if domain in mirrors:
+        return mirrors[domain]
+    if domain == "docker.io":
         return "https://registry-1.docker.io"
     return ("http://" if _is_loopback(ref.host) else "https://") + ref.domain
 
@@ -2836,15 +2852,19 @@ class Engine:
     # -- read ----------------------------------------------------------------
 
     def read(self):
-        """Every selected workload with one kubectl process: ``{Workload: object}``;
-        raises ``KubectlFailed`` (which every component then reports)."""
-        workloads = self.settings.workloads
-        kinds = ",".join(dict.fromkeys(w.kind + "s" for w in workloads))
-        data = self.kubectl.json(["get"] + [w.resource for w in workloads]
-                                 + [self.kubectl.ns, "--ignore-not-found"], "get " + kinds)
+        """Every selected workload, with one kubectl process (per CHUNK):
+        ``{Workload: object}``; raises ``KubectlFailed`` (which every component then
+        reports)."""
+        workloads, objects = self.settings.workloads, {}
         by_title = {title: kind for kind, title in KINDS.items()}
-        return {Workload(by_title[obj["kind"]], _meta(obj).get("name")): obj
-                for obj in _items(data) if obj.get("kind") in by_title}
+        for start in range(0, len(workloads), CHUNK):
+            chunk = workloads[start:start + CHUNK]
+            kinds = ",".join(dict.fromkeys(w.kind + "s" for w in chunk))
+            data = self.kubectl.json(["get"] + [w.resource for w in chunk]
+                                     + [self.kubectl.ns, "--ignore-not-found"], "get " + kinds)
+            objects.update((Workload(by_title[obj["kind"]], _meta(obj).get("name")), obj)
+                           for obj in _items(data) if obj.get("kind") in by_title)
+        return objects
 
     # -- apply ---------------------------------------------------------------
 
@@ -2859,7 +2879,7 @@ class Engine:
                 objects = self.read()
             except KubectlFailed as exc:
                 failure = ("kubectl_failed", exc.message)
-        waits = []
+        waits, changes = [], []
         for workload in settings.workloads:
             comp = self.new_component(workload)
             self.components.append(comp)
@@ -2872,12 +2892,18 @@ class Engine:
                 comp.fail(failure[0], failure[1], self.clock)
                 continue
             self.check_signals()
-            wait = self.carry_out(comp, objects.get(workload))
-            if wait is not None:
-                waits.append(wait)
-            if waits and not settings.parallel:
-                self.settle(waits)
-                waits = []
+            outcome = self.carry_out(comp, objects.get(workload))
+            if isinstance(outcome, _Wait):
+                waits.append(outcome)
+            elif outcome is not None:
+                changes.append(outcome)
+            if not settings.parallel:
+                waits += self.patch(changes)
+                changes = []
+                if waits:
+                    self.settle(waits)
+                    waits = []
+        waits += self.patch(changes)
         if waits:
             self.settle(waits)
         if failure is None and not objects:
@@ -2903,7 +2929,8 @@ class Engine:
 
     def carry_out(self, comp, obj):
         """Decide for one workload and carry the decision out; returns a ``_Wait``
-        when its rollout must be waited for, else the component is finished."""
+        when its rollout must be waited for, ``(comp, decision)`` when a change is to
+        be sent (``patch``), else None: the component is finished."""
         settings = self.settings
         decision = decide(comp.workload, obj, comp.target, settings.container,
                           settings.dry_run, settings.namespace, settings.listed)
@@ -2924,29 +2951,68 @@ class Engine:
         elif decision.action == "wait":
             return self.wait_for(comp, "existing")
         else:
-            return self.patch(comp, decision)
+            return comp, decision
         return None
 
-    def patch(self, comp, decision):
+    def patch(self, changes):
+        """Send the changes (``[(comp, decision)]``): one ``kubectl patch`` for the
+        workloads of one kind that take the same patch (the same containers and
+        image), so that many workloads cost few processes; returns their ``_Wait``s."""
+        groups = {}
+        for comp, decision in changes:
+            body = json.dumps(build_patch(decision.plan, comp.image,
+                                          self.cause[comp.workload.image]),
+                              separators=(",", ":"), sort_keys=True)
+            groups.setdefault((comp.workload.kind, body), []).append((comp, decision))
+        waits = []
+        for (kind, body), members in groups.items():
+            for start in range(0, len(members), CHUNK):
+                waits += self.patch_group(kind, body, members[start:start + CHUNK])
+        return waits
+
+    def patch_group(self, kind, body, members):
         if self.out_of_time(margin=1.0):
-            comp.fail("deadline_exceeded", "not changed: too little of the run's deadline"
-                      " (deadline_seconds: %g) was left to change it"
-                      % self.settings.deadline_seconds, self.clock)
-            return None
-        patch = build_patch(decision.plan, comp.image, self.cause[comp.workload.image])
+            for comp, _ in members:
+                comp.fail("deadline_exceeded", "not changed: too little of the run's deadline"
+                          " (deadline_seconds: %g) was left to change it"
+                          % self.settings.deadline_seconds, self.clock)
+            return []
         try:
-            self.kubectl.checked(["patch", comp.workload.kind, comp.name, self.kubectl.ns,
-                                  "--type=strategic", "--field-manager=" + FIELD_MANAGER,
-                                  "--patch=" + json.dumps(patch, separators=(",", ":"))],
-                                 "patch")
+            done = self.kubectl.call(["patch", kind] + [c.name for c, _ in members]
+                                     + [self.kubectl.ns, "--type=strategic",
+                                        "--field-manager=" + FIELD_MANAGER, "--patch=" + body,
+                                        "--output=name"])
+            error = None
+            if done.timed_out:
+                error = "kubectl patch did not finish within %g s" % self.kubectl.deadline(
+                    KUBECTL_CALL_TIMEOUT)
+            elif done.returncode != 0:
+                error = kubectl_message(done)
+            patched = {line.rsplit("/", 1)[-1] for line in done.stdout.splitlines()}
         except KubectlFailed as exc:
-            comp.fail("kubectl_failed", exc.message, self.clock)
-            return None
+            error, patched = exc.message, set()
+        waits = []
+        for i, (comp, decision) in enumerate(members):
+            if error is None or comp.name in patched:
+                waits += self.patched(comp, decision)
+                continue
+            # kubectl patches in the order given and stops at the first failure
+            comp.fail("kubectl_failed", error, self.clock)
+            rest = [m for m in members[i + 1:] if m[0].name not in patched]
+            waits += self.patch_group(kind, body, rest) if rest else []
+            waits += [w for c, d in members[i + 1:] if c.name in patched
+                      for w in self.patched(c, d)]
+            break
+        return waits
+
+    def patched(self, comp, decision):
+        """The change is applied: wait for its rollout, or finish (nothing to wait
+        for: scaled to zero, OnDelete)."""
         if not decision.wait:
             self.log(decision.note)
             comp.finish("changed", self.clock)
-            return None
-        return self.wait_for(comp, "change")
+            return []
+        return [self.wait_for(comp, "change")]
 
     def wait_for(self, comp, purpose, timeout=None):
         timeout = timeout or self.settings.rollout_timeout
@@ -3078,7 +3144,7 @@ class Engine:
                         batch.stopped = True
                         self.kubectl.kill(batch.tag)
                 elif batch is None:
-                    batch = self.start_batch([w for w in waits if not w.finished])
+                    batch = self.start_batch([w for w in waits if not w.finished][:CHUNK])
                 batch.done.wait(_POLL)
         finally:
             if batch is not None and not batch.done.is_set():

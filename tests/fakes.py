@@ -95,7 +95,8 @@ class FakeKubectl:
             return self.fail.get("get") or self._get(
                 [a.split("/", 1)[1] for a in args[1:] if not a.startswith("-")])
         if args[:1] == ["patch"]:
-            return self.fail.get("patch") or self._patch(args[2], args)
+            return self.fail.get("patch") or self._patch_all(
+                [a for a in args[2:] if not a.startswith("-")], args)
         if args[:2] == ["rollout", "status"]:
             return self.fail.get("rollout status") or self._rollout_status(
                 [a.split("/", 1)[1] for a in args[2:] if not a.startswith("-")])
@@ -112,7 +113,7 @@ class FakeKubectl:
         for argv in self.calls:
             args = [a for a in argv[1:] if not a.startswith("-")]
             if args[0] in ("patch",):
-                out.append("patch " + args[2])
+                out.append("patch " + " ".join(args[2:]))
             elif args[0] == "rollout":
                 out.append("rollout %s %s" % (args[1], " ".join(
                     a.split("/", 1)[1] for a in args[2:])))
@@ -143,6 +144,17 @@ class FakeKubectl:
         if len(names) == 1:
             return bump_image.Completed(0, json.dumps(found[0]) if found else "")
         return self._json({"apiVersion": "v1", "kind": "List", "items": found})
+
+    def _patch_all(self, names, args):
+        """Like kubectl: each in turn (``-o name`` prints it), stopping at the first
+        that fails."""
+        out = ""
+        for name in names:
+            done = self._patch(name, args)
+            if done.returncode != 0:
+                return bump_image.Completed(done.returncode, out, done.stderr)
+            out += "deployment.apps/%s\n" % name
+        return bump_image.Completed(0, out)
 
     def _patch(self, name, args):
         if name not in self.deployments:
