@@ -3029,6 +3029,7 @@ def parse_route(path):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True     # headers and body go out at once: no 40 ms delayed-ACK stall
     server_version = "k8s-sim/1"
     sim = None  # set on the subclass made by make_server()
 
