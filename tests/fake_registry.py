@@ -22,12 +22,17 @@ Routes
 ------
 * ``/v2/`` -- ``200 {}`` (``401`` + challenge when ``auth=True``).
 * ``/v2/<name>/manifests/<reference>`` (HEAD/GET) -- the scripted responses
-  for that path if any (see :meth:`FakeRegistry.script`), else the manifests
-  added with :meth:`FakeRegistry.add_manifest`, else ``404
-  MANIFEST_UNKNOWN``.
-* ``/token`` -- the token endpoint (Docker token protocol), behaviour set by
-  ``token_mode`` and friends.
-* Any path can be scripted, ``/token`` included; scripts win.
+  for that path if any (see :meth:`FakeRegistry.script`; a script may be for
+  one method only), else the manifests added with
+  :meth:`FakeRegistry.add_manifest` (which may leave out the digest header,
+  or appear only after a while), else ``404 MANIFEST_UNKNOWN``.
+* ``/token`` -- the token endpoint: the Docker token protocol (``GET`` with
+  ``service`` and ``scope`` in the query, Basic credentials) and the OAuth2
+  refresh-token grant (``POST`` of a form with ``grant_type=refresh_token``,
+  ``refresh_token``, ``service``, ``scope``, ``client_id``; answered with
+  ``access_token``), behaviour set by ``token_mode`` and friends.
+* Any path can be scripted, ``/token`` included; scripts win
+  (``Resp(builtin=True)`` in a script falls back to the route above).
 
 Auth (``auth=True``) behaves like Docker Hub / distribution: a manifest
 request without a valid ``Authorization: Bearer <token>`` gets ``401`` with
@@ -47,9 +52,15 @@ can be changed while the server runs):
   ``private={"repo", ...}`` only those repositories do (anonymous requests
   get a token without access to them, as real registries do).  Wrong
   credentials always get 401.
-* ``expires_in``: put into the token JSON and enforced (the registry treats
-  the token as invalid after that many seconds); ``None`` omits it and
-  tokens never expire.
+* ``refresh_tokens={"<identity token>": "alice"}``: refresh tokens (what
+  ``docker login`` stores as ``identitytoken``) the OAuth2 grant accepts,
+  each for a user (who may pull ``private`` repositories); an unknown one is
+  ``400 invalid_grant``, another ``grant_type`` ``400
+  unsupported_grant_type``.
+* ``expires_in``: put into the token JSON and, when a number, enforced (the
+  registry treats the token as invalid after that many seconds); ``None``
+  omits it and tokens never expire; anything else (``"soon"``) is sent as
+  it is and not enforced.
 * ``reject_tokens=True``: the registry answers 401 even with a valid token.
 * ``challenge=False``: 401 responses carry no ``WWW-Authenticate`` header.
 * ``realm``: another token URL for the challenge (e.g. a second instance).
@@ -61,8 +72,13 @@ Every request is appended to ``requests`` (see :meth:`FakeRegistry.requests`):
 dicts with ``method``, ``path``, ``query`` (dict of lists), ``raw_query``,
 ``headers`` (case-insensitive dict, values verbatim: ``Authorization``,
 ``Accept``, ...; repeated headers joined with ``", "``), ``header_list``
-(raw ``(name, value)`` pairs), ``time``, ``status`` (``None`` for hung or
-dropped requests) and ``tls`` (bool).
+(raw ``(name, value)`` pairs), ``body`` (bytes, ``b""`` without one),
+``form`` (a posted ``application/x-www-form-urlencoded`` body as a dict of
+lists, else ``{}``), ``time``, ``status`` (``None`` for hung or dropped
+requests) and ``tls`` (bool).
+
+The media types, the auth-header helpers and the threaded server come from
+``registry_common``, shared with ``registry_harness``.
 """
 
 
@@ -79,16 +95,15 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from registry_harness import (  # the media types and Basic parsing are shared
+import registry_common as common
+from registry_common import (  # re-exported: part of this module's API
     FULL_ACCEPT,
     MEDIA_DOCKER_LIST,
     MEDIA_DOCKER_MANIFEST,
     MEDIA_OCI_INDEX,
     MEDIA_OCI_MANIFEST,
 )
-from registry_harness import _decode_basic as _decode_basic
 
 __all__ = [
     "MEDIA_OCI_INDEX",
@@ -104,6 +119,7 @@ __all__ = [
 
 TOKEN_MODES = ("token", "both", "access_token", "not-json", "no-token", "error")
 
+_API_VERSION = {"Docker-Distribution-Api-Version": "registry/2.0"}
 _MANIFEST_PATH = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
 
 
@@ -113,26 +129,32 @@ class Resp:
     ``Resp(404)``, ``Resp(200, headers={...}, body=b"...")``,
     ``Resp(hang=True)`` (never answer; the connection stays open until the
     server stops), ``Resp(drop=True)`` (close the connection without any
-    response), ``Resp(503, delay=0.5)`` (answer after a pause).
+    response), ``Resp(503, delay=0.5)`` (answer after a pause),
+    ``Resp(builtin=True)`` (answer as if the path were not scripted: e.g.
+    ``[Resp(429), Resp(builtin=True)]`` for ``/token`` refuses the first
+    token request and issues tokens after).
 
     ``Content-Length`` is added (``len(body)``) unless given in ``headers``;
     a HEAD response sends the headers only.  ``body`` may be ``str``.
     """
 
     def __init__(self, status=200, headers=None, body=b"", hang=False, drop=False,
-                 delay=0.0):
+                 delay=0.0, builtin=False):
         self.status = int(status)
         self.headers = dict(headers or {})
         self.body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         self.hang = bool(hang)
         self.drop = bool(drop)
         self.delay = float(delay)
+        self.builtin = bool(builtin)
 
     def __repr__(self):
         if self.hang:
             return "Resp(hang=True)"
         if self.drop:
             return "Resp(drop=True)"
+        if self.builtin:
+            return "Resp(builtin=True)"
         return "Resp(%d, headers=%r, body=<%d bytes>)" % (self.status, self.headers, len(self.body))
 
 
@@ -192,14 +214,12 @@ def make_tls_certificate(directory, hosts=("127.0.0.1", "localhost", "::1")):
     return cert, key
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _Server(common.QuietThreadingServer):
     allow_reuse_address = True
 
     def __init__(self, owner, handler):
         self.owner = owner
-        ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), handler)
+        common.QuietThreadingServer.__init__(self, ("127.0.0.1", 0), handler)
 
     def finish_request(self, request, client_address):
         # Runs in the per-connection thread, so a slow or failing TLS
@@ -230,12 +250,8 @@ class _Server(ThreadingHTTPServer):
         finally:
             owner._track(request, False)
 
-    def handle_error(self, request, client_address):
-        # Client disconnects and shutdown races are expected in these tests.
-        pass
 
-
-class FakeRegistry:
+class FakeRegistry(common.Serving):
     """Scriptable registry on ``127.0.0.1:<ephemeral port>`` (see module doc).
 
     Attributes: ``base_url`` (``http://`` or ``https://127.0.0.1:PORT``),
@@ -247,12 +263,14 @@ class FakeRegistry:
 
     def __init__(self, auth=False, tls=False, users=None, private=None,
                  token_mode="token", expires_in=300, reject_tokens=False,
-                 challenge=True, realm=None, service="fake", strict_accept=False):
+                 challenge=True, realm=None, service="fake", strict_accept=False,
+                 refresh_tokens=None):
         if token_mode not in TOKEN_MODES:
             raise ValueError("token_mode must be one of %s" % (TOKEN_MODES,))
         self.auth = auth
         self.tls = tls
         self.users = dict(users or {})
+        self.refresh_tokens = dict(refresh_tokens or {})
         self.private = None if private is None else set(private)
         self.token_mode = token_mode
         self.expires_in = expires_in
@@ -277,13 +295,7 @@ class FakeRegistry:
         self._tmpdir = None
         self._ssl_context = None
 
-    # -- lifecycle --------------------------------------------------------
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
+    # -- lifecycle (``with`` starts and stops: common.Serving) ------------
     def start(self):
         """Start serving (in a daemon thread); return self."""
         if self._server is not None:
@@ -295,13 +307,10 @@ class FakeRegistry:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(self.cert_path, self.key_path)
             self._ssl_context = context
-        self._server = _Server(self, _make_handler(self))
+        self._server = _Server(self, common.handler_class(self._handle, "fake-registry/1.0"))
         self._port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name="fake-registry-%d" % self.port, daemon=True,
-        )
-        self._thread.start()
+        self._thread = common.serve_in_thread(self._server, "fake-registry-%d" % self.port,
+                                       poll_interval=0.05)
         return self
 
     def stop(self):
@@ -310,9 +319,8 @@ class FakeRegistry:
         safe to call twice."""
         self._stopping.set()
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        thread, self._thread = self._thread, None
+        common.shut_down(server, thread)
         with self._lock:
             open_sockets = list(self._sockets)
             self._sockets.clear()
@@ -321,9 +329,6 @@ class FakeRegistry:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -353,14 +358,16 @@ class FakeRegistry:
         return self.realm or self.base_url + "/token"
 
     # -- configuration ----------------------------------------------------
-    def script(self, path, responses, require_auth=None):
+    def script(self, path, responses, require_auth=None, method=None):
         """Answer requests for ``path`` (no query string) with ``responses``.
 
         One response is consumed per request; the last one repeats.
         ``require_auth``: ``None`` follows ``self.auth`` (with auth on, a
         request without a valid token is challenged and does not consume
         the script); ``False`` serves the script to everybody; ``True``
-        demands a token even if ``self.auth`` is off.
+        demands a token even if ``self.auth`` is off.  ``method`` (e.g.
+        ``"GET"``): script only that method's requests (a script for the
+        method wins over one for every method, which ``None`` sets).
         """
         if isinstance(responses, Resp):
             responses = [responses]
@@ -368,23 +375,29 @@ class FakeRegistry:
         if not responses:
             raise ValueError("at least one response is needed")
         with self._lock:
-            self._scripts[path] = {"responses": responses, "served": 0,
-                                   "require_auth": require_auth}
+            self._scripts[(path, method)] = {"responses": responses, "served": 0,
+                                             "require_auth": require_auth}
 
-    def served(self, path):
-        """How many scripted responses were served for ``path``."""
+    def served(self, path, method=None):
+        """How many scripted responses were served for ``path`` (by the script
+        set with that ``method``)."""
         with self._lock:
-            entry = self._scripts.get(path)
+            entry = self._scripts.get((path, method))
             return entry["served"] if entry else 0
 
     def add_manifest(self, repository, reference, digest=None,
-                     media_type=MEDIA_DOCKER_MANIFEST, body=None):
+                     media_type=MEDIA_DOCKER_MANIFEST, body=None, send_digest=True,
+                     after=0.0):
         """Serve a manifest for ``repository`` at ``reference`` (a tag) and at
         its digest; return the digest.
 
         ``body`` defaults to a small JSON manifest naming repository and
         reference; ``digest`` defaults to ``sha256:`` of ``body`` (give one
-        to make the header lie).
+        to make the header lie).  ``send_digest=False``: answer without
+        ``Docker-Content-Digest`` (and ``Etag``), as some registries and
+        proxies do.  ``after``: the manifest appears only that many seconds
+        from now (``404 MANIFEST_UNKNOWN`` until then), like a push that
+        lands while a client polls.
         """
         if body is None:
             body = json.dumps({
@@ -396,7 +409,8 @@ class FakeRegistry:
             body = body.encode("utf-8")
         if digest is None:
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        entry = {"digest": digest, "media_type": media_type, "body": body}
+        entry = {"digest": digest, "media_type": media_type, "body": body,
+                 "send_digest": bool(send_digest), "visible_at": time.time() + after}
         with self._lock:
             self._manifests[(repository, reference)] = entry
             self._manifests[(repository, digest)] = entry
@@ -447,7 +461,7 @@ class FakeRegistry:
             self.tls_errors.append({"client": client_address, "error": repr(exc),
                                     "time": time.time()})
 
-    def _log(self, handler, parsed, query):
+    def _log(self, handler, asked, body):
         headers = _Headers()
         for name, value in handler.headers.items():
             existing = headers.get(name)
@@ -457,11 +471,13 @@ class FakeRegistry:
                 headers[headers._key(name)] = existing + ", " + value
         record = {
             "method": handler.command,
-            "path": parsed.path,
-            "query": query,
-            "raw_query": parsed.query,
+            "path": asked.path,
+            "query": asked.query,
+            "raw_query": urllib.parse.urlsplit(handler.path).query,
             "headers": headers,
             "header_list": list(handler.headers.items()),
+            "body": body,
+            "form": asked.form,
             "time": time.time(),
             "status": None,
             "tls": self.tls,
@@ -470,19 +486,22 @@ class FakeRegistry:
             self._requests.append(record)
         return record
 
-    def _next_scripted(self, path):
+    def _script_entry(self, path, method):
+        return self._scripts.get((path, method)) or self._scripts.get((path, None))
+
+    def _next_scripted(self, path, method):
         with self._lock:
-            entry = self._scripts.get(path)
+            entry = self._script_entry(path, method)
             if entry is None:
                 return None, None
             index = min(entry["served"], len(entry["responses"]) - 1)
             entry["served"] += 1
             return entry["responses"][index], entry["require_auth"]
 
-    def _peek_script(self, path):
-        """Return (scripted?, require_auth) for ``path``."""
+    def _peek_script(self, path, method):
+        """Return (scripted?, require_auth) for ``path`` and ``method``."""
         with self._lock:
-            entry = self._scripts.get(path)
+            entry = self._script_entry(path, method)
             if entry is None:
                 return False, None
             return True, entry["require_auth"]
@@ -490,52 +509,61 @@ class FakeRegistry:
     def _challenge_headers(self, scope=None, error=None):
         if not self.challenge:
             return {}
-        parts = ['realm="%s"' % self.token_url, 'service="%s"' % self.service]
-        if scope:
-            parts.append('scope="%s"' % scope)
-        if error:
-            parts.append('error="%s"' % error)
-        return {"WWW-Authenticate": "Bearer " + ",".join(parts)}
+        return {"WWW-Authenticate": common.bearer_challenge(self.token_url, self.service, scope, error)}
 
     def _check_bearer(self, handler, repository):
         """Return None if authorised, else the error for the challenge."""
-        header = handler.headers.get("Authorization") or ""
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+        value = common.bearer_token(handler.headers.get("Authorization"))
+        if value is None:
             return ""  # no usable credentials: plain challenge
         if self.reject_tokens:
             return "invalid_token"
         with self._lock:
-            info = self.tokens.get(value.strip())
+            info = self.tokens.get(value)
         if info is None:
             return "invalid_token"
-        if self.expires_in is not None and time.time() > info["issued"] + self.expires_in:
+        lifetime = self.expires_in
+        if isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool) \
+                and time.time() > info["issued"] + lifetime:
             return "invalid_token"
         if repository is not None and not _grants(info["scopes"], repository, "pull"):
             return "insufficient_scope"
         return None
 
-    def _token_response(self, handler, query):
+    def _token_user(self, asked):
+        """``(user or None, None)`` for an accepted token request, else
+        ``(None, answer)`` with the refusal to send."""
+        if asked.method == "POST":  # OAuth2: only the refresh-token grant
+            if asked.grant_type != "refresh_token":
+                return None, _json(400, {"error": "unsupported_grant_type"})
+            user = self.refresh_tokens.get(asked.refresh_token or "")
+            if user is None:
+                return None, _json(400, {"error": "invalid_grant",
+                                         "error_description": "unknown refresh token"})
+            return user, None
+        if asked.authorization:
+            if asked.user is None or self.users.get(asked.user) != asked.password:
+                return None, _json(401, {"details": "incorrect username or password"},
+                                   {"WWW-Authenticate": 'Basic realm="fake"'})
+            return asked.user, None
+        if self.users and self.private is None:
+            return None, _json(401, {"details": "credentials required"},
+                               {"WWW-Authenticate": 'Basic realm="fake"'})
+        return None, None
+
+    def _token_response(self, asked):
         mode = self.token_mode
         if mode == "error":
             return 500, {"Content-Type": "text/plain"}, b"token service unavailable\n"
-        user = None
-        header = handler.headers.get("Authorization")
-        if header:
-            user, password = _decode_basic(header)
-            if user is None or self.users.get(user) != password:
-                return _json(401, {"details": "incorrect username or password"},
-                             {"WWW-Authenticate": 'Basic realm="fake"'})
-        elif self.users and self.private is None:
-            return _json(401, {"details": "credentials required"},
-                         {"WWW-Authenticate": 'Basic realm="fake"'})
+        user, refusal = self._token_user(asked)
+        if refusal is not None:
+            return refusal
         granted = []
-        for scope in query.get("scope", []):
-            kind, _, rest = scope.partition(":")
-            name, _, actions = rest.rpartition(":")
-            if kind != "repository" or not name:
+        for scope in asked.scopes:
+            kind, name, actions = common.parse_scope(scope) or (None, None, [])
+            if kind != "repository":
                 continue
-            allowed = [a for a in actions.split(",") if a == "pull"]
+            allowed = [a for a in actions if a == "pull"]
             if self.private is not None and name in self.private and user is None:
                 allowed = []
             granted.append((name, tuple(allowed)))
@@ -547,19 +575,21 @@ class FakeRegistry:
         now = time.time()
         with self._lock:
             self.tokens[token] = {"scopes": granted, "user": user, "issued": now}
-        payload = {"issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
-        if self.expires_in is not None:
-            payload["expires_in"] = self.expires_in
-        if mode in ("token", "both"):
-            payload["token"] = token
-        if mode in ("access_token", "both"):
-            payload["access_token"] = token
+        if asked.method == "POST":      # an OAuth2 answer names it access_token only
+            fields = ("access_token",)
+        else:
+            fields = {"token": ("token",), "both": ("token", "access_token"),
+                      "access_token": ("access_token",)}[mode]
+        payload = common.token_answer(token, fields, self.expires_in, now)
+        if asked.method == "POST":
+            payload["scope"] = " ".join(asked.scopes)
         return _json(200, payload)
 
-    def _builtin(self, handler, path, query):
+    def _builtin(self, handler, asked):
         """Default routes; returns (status, headers, body)."""
+        path = asked.path
         if path == "/token":
-            return self._token_response(handler, query)
+            return self._token_response(asked)
         if path in ("/v2", "/v2/"):
             if self.auth:
                 error = self._check_bearer(handler, None)
@@ -574,31 +604,30 @@ class FakeRegistry:
         repository, reference = match.group("name"), match.group("reference")
         with self._lock:
             entry = self._manifests.get((repository, reference))
-        if entry is None or (self.strict_accept
-                             and entry["media_type"] not in _accepted_types(handler)):
+        if entry is None or time.time() < entry["visible_at"] or (
+                self.strict_accept
+                and entry["media_type"] not in common.accepted_types(handler.headers)):
             return _json(404, {"errors": [{"code": "MANIFEST_UNKNOWN",
                                            "message": "manifest unknown",
                                            "detail": {"Tag": reference}}]})
-        return 200, {
-            "Content-Type": entry["media_type"],
-            "Docker-Content-Digest": entry["digest"],
-            "Docker-Distribution-Api-Version": "registry/2.0",
-            "Etag": '"%s"' % entry["digest"],
-        }, entry["body"]
+        headers = {"Content-Type": entry["media_type"]}
+        if entry["send_digest"]:
+            headers["Docker-Content-Digest"] = entry["digest"]
+            headers["Etag"] = '"%s"' % entry["digest"]
+        headers.update(_API_VERSION)
+        return 200, headers, entry["body"]
 
     def _handle(self, handler):
-        parsed = urllib.parse.urlsplit(handler.path)
-        query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
-        record = self._log(handler, parsed, query)
-        # Read (and drop) any request body so keep-alive stays in sync.
+        # Read the request body (keep-alive stays in sync; the log keeps it).
         length = int(handler.headers.get("Content-Length") or 0)
-        if length:
-            handler.rfile.read(length)
+        body = handler.rfile.read(length) if length else b""
+        asked = common.TokenRequest.read(handler, body)
+        record = self._log(handler, asked, body)
 
-        path = parsed.path
+        path = asked.path
         match = _MANIFEST_PATH.match(path)
         repository = match.group("name") if match else None
-        scripted, require_auth = self._peek_script(path)
+        scripted, require_auth = self._peek_script(path, handler.command)
         if scripted:
             needs_auth = self.auth if require_auth is None else require_auth
         else:
@@ -610,11 +639,9 @@ class FakeRegistry:
                 status, headers, body = _unauthorized(
                     self._challenge_headers(scope, error or None))
                 return self._send(handler, record, Resp(status, headers, body))
-        if scripted:
-            resp, _ = self._next_scripted(path)
-        else:
-            status, headers, body = self._builtin(handler, path, query)
-            resp = Resp(status, headers, body)
+        resp = self._next_scripted(path, handler.command)[0] if scripted else None
+        if resp is None or resp.builtin:
+            resp = Resp(*self._builtin(handler, asked), delay=resp.delay if resp else 0.0)
         self._send(handler, record, resp)
 
     def _send(self, handler, record, resp):
@@ -633,47 +660,8 @@ class FakeRegistry:
             except OSError:
                 pass
             return
-        headers = dict(resp.headers)
-        if not any(k.lower() == "content-length" for k in headers):
-            headers["Content-Length"] = str(len(resp.body))
         record["status"] = resp.status  # before writing: the client may look at once
-        handler.send_response(resp.status)
-        for name, value in headers.items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        if handler.command != "HEAD" and resp.body:
-            handler.wfile.write(resp.body)
-
-
-def _make_handler(owner):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "fake-registry/1.0"
-        disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls on keep-alive
-
-        def _dispatch(self):
-            try:
-                owner._handle(self)
-            except (ConnectionError, socket.timeout, ssl.SSLError):
-                self.close_connection = True
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
-
-        def log_message(self, fmt, *args):
-            pass
-
-    return Handler
-
-
-def _accepted_types(handler):
-    """Media types listed in all Accept headers, parameters stripped."""
-    types = set()
-    for header in handler.headers.get_all("Accept") or []:
-        for item in header.split(","):
-            media = item.split(";")[0].strip().lower()
-            if media:
-                types.add(media)
-    return types
+        common.write_answer(handler, resp.status, resp.headers, resp.body)
 
 
 def _grants(scopes, repository, action):
@@ -684,10 +672,8 @@ def _grants(scopes, repository, action):
 
 
 def _json(status, payload, headers=None):
-    all_headers = {"Content-Type": "application/json",
-                   "Docker-Distribution-Api-Version": "registry/2.0"}
-    all_headers.update(headers or {})
-    return status, all_headers, json.dumps(payload).encode("utf-8")
+    """A JSON answer with distribution's API-version header (and ``headers``)."""
+    return common.json_answer(status, payload, dict(_API_VERSION, **(headers or {})))
 
 
 def _unauthorized(challenge):

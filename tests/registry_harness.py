@@ -79,9 +79,16 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import registry_common as common
+from registry_common import (  # re-exported: part of this module's API
+    FULL_ACCEPT,
+    MEDIA_DOCKER_LIST,
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX,
+    MEDIA_OCI_MANIFEST,
+)
 
 __all__ = [
     "MEDIA_OCI_INDEX",
@@ -97,17 +104,6 @@ __all__ = [
     "TokenServer",
     "DistributionRegistry",
 ]
-
-MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-
-#: The Accept header a manifest probe should send: every media type a tag can
-#: resolve to.  Distribution answers 404 for OCI content without it.
-FULL_ACCEPT = ", ".join(
-    [MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST]
-)
 
 #: ``kind`` values understood by :meth:`DistributionRegistry.push_image`,
 #: mapped to the media type the tag ends up pointing at.
@@ -225,44 +221,6 @@ def _pem_to_der_b64(cert_path):
     return base64.b64encode(der).decode("ascii")
 
 
-def _rfc3339(timestamp):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
-
-
-def _parse_scope(scope):
-    """``repository:noetl/app:pull,push`` -> ("repository", "noetl/app", ["pull", "push"])."""
-    kind, sep, rest = scope.partition(":")
-    if not sep:
-        return None
-    name, sep, actions = rest.rpartition(":")
-    if not sep or not name:
-        return None
-    return kind, name, [a for a in actions.split(",") if a]
-
-
-def _decode_basic(header):
-    """Return (user, password) from a ``Basic`` header value, or (None, None)."""
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None, None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        return None, None
-    return user, password
-
-
-class _QuietThreadingServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request, client_address):  # pragma: no cover - noise only
-        pass
-
-
 # ---------------------------------------------------------------------------
 # token server
 # ---------------------------------------------------------------------------
@@ -310,36 +268,14 @@ class TokenServer:
 
     # -- lifecycle --------------------------------------------------------
     def start(self):
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls on keep-alive
-
-            def do_GET(self):  # noqa: N802 (http.server API)
-                owner._handle(self)
-
-            do_POST = do_GET
-
-            def log_message(self, fmt, *args):
-                pass
-
-        self._server = _QuietThreadingServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-            name="token-server", daemon=True,
-        )
-        self._thread.start()
+        self._server = common.QuietThreadingServer(("127.0.0.1", 0), common.handler_class(self._handle))
+        self._thread = common.serve_in_thread(self._server, "token-server", poll_interval=0.1)
         return self
 
     def stop(self):
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        server, self._server = self._server, None
+        thread, self._thread = self._thread, None
+        common.shut_down(server, thread)
 
     @property
     def port(self):
@@ -392,25 +328,20 @@ class TokenServer:
         return signing_input + "." + _b64url(signature)
 
     def _handle(self, handler):
-        parsed = urllib.parse.urlsplit(handler.path)
-        query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
-        auth_header = handler.headers.get("Authorization")
-        user = None
-        scheme = None
-        authenticated = False
-        if auth_header:
-            scheme = auth_header.partition(" ")[0] or None
-            user, password = _decode_basic(auth_header)
-            authenticated = user is not None and self.users.get(user) == password
+        length = int(handler.headers.get("Content-Length") or 0)
+        asked = common.TokenRequest.read(handler, handler.rfile.read(length) if length else b"")
+        user, authenticated = asked.user, False
+        if asked.authorization:
+            authenticated = user is not None and self.users.get(user) == asked.password
         record = {
-            "method": handler.command,
-            "path": parsed.path,
-            "query": query,
-            "scopes": list(query.get("scope", [])),
-            "service": (query.get("service") or [None])[0],
-            "account": (query.get("account") or [None])[0],
-            "authorization_present": bool(auth_header),
-            "auth_scheme": scheme,
+            "method": asked.method,
+            "path": asked.path,
+            "query": asked.query,
+            "scopes": list(asked.query.get("scope", [])),
+            "service": (asked.query.get("service") or [None])[0],
+            "account": (asked.query.get("account") or [None])[0],
+            "authorization_present": bool(asked.authorization),
+            "auth_scheme": asked.auth_scheme,
             "user": user,
             "authenticated": authenticated,
             "granted": None,
@@ -420,20 +351,18 @@ class TokenServer:
         with self._lock:
             self.requests.append(record)
 
-        if handler.command != "GET" or parsed.path != "/token":
-            record["status"] = 404
-            return self._reply(handler, 404, {"errors": [{"code": "NOT_FOUND"}]})
-        if auth_header and not authenticated:
-            record["status"] = 401
+        if asked.method != "GET" or asked.path != "/token":
+            return self._reply(handler, record, 404, {"errors": [{"code": "NOT_FOUND"}]})
+        if asked.authorization and not authenticated:
             return self._reply(
-                handler, 401,
+                handler, record, 401,
                 {"errors": [{"code": "UNAUTHORIZED", "message": "incorrect username or password"}]},
                 extra={"WWW-Authenticate": 'Basic realm="%s"' % self.service},
             )
 
         access = []
         for scope in record["scopes"]:
-            parsed_scope = _parse_scope(scope)
+            parsed_scope = common.parse_scope(scope)
             if parsed_scope is None or parsed_scope[0] != "repository":
                 continue
             _, name, actions = parsed_scope
@@ -446,55 +375,16 @@ class TokenServer:
         try:
             token = self.issue(user if authenticated else "", access, now=now)
         except Exception as exc:  # report signing problems to the client and the log
-            record["status"] = 500
-            return self._reply(handler, 500, {"errors": [{"code": "INTERNAL", "message": str(exc)}]})
+            return self._reply(handler, record, 500,
+                               {"errors": [{"code": "INTERNAL", "message": str(exc)}]})
         record["granted"] = access
-        record["status"] = 200
-        self._reply(handler, 200, {
-            "token": token,
-            "access_token": token,
-            "expires_in": int(self.expires_in),
-            "issued_at": _rfc3339(now),
-        })
+        self._reply(handler, record, 200, common.token_answer(
+            token, ("token", "access_token"), int(self.expires_in), now))
 
     @staticmethod
-    def _reply(handler, status, payload, extra=None):
-        body = json.dumps(payload).encode("utf-8")
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        for key, value in (extra or {}).items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        handler.wfile.write(body)
-
-
-# ---------------------------------------------------------------------------
-# plain HTTP helper for pushes
-# ---------------------------------------------------------------------------
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-# No redirects, and no $http_proxy: everything here is on 127.0.0.1.
-_OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
-
-
-def _http(method, url, headers=None, body=None, timeout=30):
-    """Return (status, headers, body) without raising for HTTP error codes."""
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as err:
-        try:
-            payload = err.read()
-        finally:
-            err.close()
-        return err.code, err.headers, payload
+    def _reply(handler, record, status, payload, extra=None):
+        record["status"] = status
+        common.write_answer(handler, *common.json_answer(status, payload, extra))
 
 
 # ---------------------------------------------------------------------------
@@ -502,7 +392,7 @@ def _http(method, url, headers=None, body=None, timeout=30):
 # ---------------------------------------------------------------------------
 
 
-class DistributionRegistry:
+class DistributionRegistry(common.Serving):
     """A ``docker-registry`` (distribution 2.8) subprocess with token auth.
 
     ``users`` maps user names to passwords (Basic credentials accepted by the
@@ -541,13 +431,7 @@ class DistributionRegistry:
         self._log_handle = None
         self._push_tokens = {}
 
-    # -- lifecycle --------------------------------------------------------
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
+    # -- lifecycle (``with`` starts and stops: common.Serving) ------------
     def start(self):
         """Generate keys, start the token server and the registry; return self."""
         if self._proc is not None:
@@ -632,7 +516,7 @@ class DistributionRegistry:
                     % (self._proc_returncode, text)
                 )
             try:
-                status, _, _ = _http("GET", self.base_url + "/v2/", timeout=2)
+                status, _, _ = common.http("GET", self.base_url + "/v2/", timeout=2)
                 if status == 401:
                     return
                 last = "GET /v2/ answered %d" % status
@@ -706,9 +590,8 @@ class DistributionRegistry:
         })
         headers = {}
         if user is not None:
-            raw = ("%s:%s" % (user, password or "")).encode("utf-8")
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
-        status, _, body = _http("GET", self.token_server.realm + "?" + query, headers=headers)
+            headers["Authorization"] = common.basic_auth(user, password or "")
+        status, _, body = common.http("GET", self.token_server.realm + "?" + query, headers=headers)
         try:
             return status, json.loads(body.decode("utf-8"))
         except ValueError:
@@ -730,7 +613,7 @@ class DistributionRegistry:
         all_headers = {"Authorization": "Bearer " + self.push_token(repository)}
         all_headers.update(headers or {})
         url = path if path.startswith("http") else self.base_url + path
-        return _http(method, url, headers=all_headers, body=body)
+        return common.http(method, url, headers=all_headers, body=body)
 
     # -- pushes -----------------------------------------------------------
     def push_blob(self, repository, data):

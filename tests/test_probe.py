@@ -7,14 +7,15 @@ that gives up changes nothing.
 
 import base64
 import email.utils
+import hashlib
 import json
 import socket
 import time
 import urllib.error
 
 import pytest
-from fake_registry import FULL_ACCEPT, FakeRegistry, Resp
-from fakes import IMAGE, FakeKubectl
+from fake_registry import FULL_ACCEPT, MEDIA_DOCKER_MANIFEST, FakeRegistry, Resp
+from fakes import IMAGE, FakeKubectl, deployment, run_cli
 
 import bump_image
 
@@ -456,3 +457,359 @@ def test_unauthorized_says_where_credentials_were_looked_for(env):
     message = probe_line(events)["error"]["message"]
     assert "credentials are looked up for %s in %s/config.json (none there)" % (
         fake.host, env["DOCKER_CONFIG"]) in message
+
+
+# ---------------------------------------------------------------------------
+# issue 9, items 5 and 11: pin_digest without a digest header, identity tokens,
+# token 429, expires_in bounds, upper-case hosts, several images at once
+# ---------------------------------------------------------------------------
+
+
+def cli(fake_or_url, env, runner=None, sleeper=None, **payload):
+    """Run the CLI in-process (``fakes.run_cli``) with ghcr.io mirrored to the fake;
+    returns ``(CliRun, FakeKubectl, Sleeps)``."""
+    base = fake_or_url if isinstance(fake_or_url, str) else fake_or_url.base_url
+    if "images" not in payload:
+        payload.setdefault("image", IMAGE)
+    payload.setdefault("registry_mirrors", {"ghcr.io": base})
+    payload.setdefault("ghcr_probe_sleep_seconds", 1)
+    kubectl = runner or FakeKubectl()
+    sleeps = Sleeps()
+    done = run_cli(["--payload", json.dumps(payload)], runner=kubectl, env=env,
+                   sleeper=sleeper or sleeps)
+    return done, kubectl, sleeps
+
+
+def kubectl_writes(kubectl):
+    """The kubectl calls that would change the cluster."""
+    return [v for v in kubectl.verbs() if v.split()[0] in ("patch", "set", "apply", "rollout")
+            and not v.startswith("rollout status")]
+
+
+def patched_images(kubectl):
+    return {c["image"] for patch in kubectl.patches()
+            for entries in patch["spec"]["template"]["spec"].values() for c in entries}
+
+
+def manifest_bytes(size=None):
+    body = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_DOCKER_MANIFEST,
+                       "config": {"digest": "sha256:" + "1" * 64}}).encode("utf-8")
+    if size is not None:                    # padded with spaces: still valid JSON
+        body += b" " * (size - len(body))
+    return body
+
+
+def sha256_of(body):
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("size", [None, bump_image.BODY_LIMIT],
+                         ids=["small", "exactly-the-body-limit"])
+def test_pin_digest_without_digest_header_pins_the_sha256_of_the_manifest(env, size):
+    body = manifest_bytes(size)
+    digest = sha256_of(body)
+    with FakeRegistry(auth=True) as fake:
+        fake.add_manifest(REPO, "v2.35.9", body=body, send_digest=False)
+        done, kubectl, _ = cli(fake, env, pin_digest=True)
+        reqs = fake.requests
+    assert done.code == 0, done.stderr
+    assert done.event("probe") == [{"event": "probe", "image": IMAGE, "status": "available",
+                                    "attempts": 1, "digest": digest, "error": None}]
+    pinned = IMAGE + "@" + digest
+    assert {c["image"] for c in done.components.values()} == {pinned}
+    assert {c["digest"] for c in done.components.values()} == {digest}
+    assert patched_images(kubectl) == {pinned}
+    # HEAD (challenged), the token, HEAD with it (200, no digest), then one GET
+    assert [(r["method"], r["path"], r["status"]) for r in reqs] == [
+        ("HEAD", PATH, 401), ("GET", "/token", 200), ("HEAD", PATH, 200), ("GET", PATH, 200)]
+    head, get = reqs[2], reqs[3]
+    assert "Docker-Content-Digest" not in str(head["headers"])
+    assert get["headers"]["Accept"] == head["headers"]["Accept"] == FULL_ACCEPT
+    assert get["headers"]["Authorization"] == head["headers"]["Authorization"]
+    assert get["headers"]["Authorization"].startswith("Bearer ")
+
+
+@pytest.mark.parametrize("failure", ["500-every-time", "body-over-1-MiB"])
+def test_pin_digest_when_the_manifest_cannot_be_read_is_exit_3_and_changes_nothing(
+        env, failure):
+    with FakeRegistry(auth=True) as fake:
+        if failure == "500-every-time":
+            fake.add_manifest(REPO, "v2.35.9", body=manifest_bytes(), send_digest=False)
+            fake.script(PATH, [Resp(500)], method="GET")
+        else:
+            fake.add_manifest(REPO, "v2.35.9", body=manifest_bytes(bump_image.BODY_LIMIT + 1),
+                              send_digest=False)
+        done, kubectl, sleeps = cli(fake, env, pin_digest=True, ghcr_probe_attempts=2)
+        gets = [r for r in fake.requests if r["method"] == "GET" and r["path"] == PATH]
+    assert done.code == 3
+    assert [e["event"] for e in done.events] == ["probe", "summary"]
+    probe = done.event("probe")[0]
+    assert probe["status"] == "unavailable" and probe["attempts"] == 2
+    assert probe["digest"] is None and probe["error"]["code"] == "digest_unknown"
+    expected = "answered 500 to GET the manifest" if failure == "500-every-time" \
+        else "larger than %d bytes" % bump_image.BODY_LIMIT
+    assert expected in probe["error"]["message"]
+    assert done.summary["exit_code"] == 3 and done.summary["status"] == "failed"
+    assert len(gets) == 2 and sleeps == [1]     # one GET per attempt, retried
+    assert kubectl_writes(kubectl) == [] and "patch" not in " ".join(kubectl.verbs())
+    assert kubectl.patches() == []
+
+
+def test_without_pin_digest_a_missing_digest_header_is_fine(env):
+    with FakeRegistry(auth=True) as fake:
+        fake.add_manifest(REPO, "v2.35.9", body=manifest_bytes(), send_digest=False)
+        done, kubectl, _ = cli(fake, env)
+        methods = [(r["method"], r["path"]) for r in fake.requests]
+    assert done.code == 0
+    assert done.event("probe")[0]["digest"] is None
+    assert done.event("probe")[0]["status"] == "available"
+    assert ("GET", PATH) not in methods               # no manifest GET
+    assert {c["image"] for c in done.components.values()} == {IMAGE}
+    assert patched_images(kubectl) == {IMAGE}
+
+
+IDENTITY = "idt-Zq7Wv0Lk3S-refresh-Xy91"      # an identitytoken as docker login stores it
+
+
+def write_identity_token(env, host, token=IDENTITY):
+    with open(env["DOCKER_CONFIG"] + "/config.json", "w") as fh:
+        json.dump({"auths": {host: {"identitytoken": token}}}, fh)
+
+
+def test_identity_token_uses_the_oauth2_refresh_token_grant(env):
+    with FakeRegistry(auth=True, refresh_tokens={IDENTITY: "alice"}, private={REPO}) as fake:
+        fake.add_manifest(REPO, "v2.35.9", DIGEST)
+        write_identity_token(env, fake.host)
+        done, _, _ = cli(fake, env)
+        reqs = fake.requests
+        tokens = dict(fake.tokens)
+    assert done.code == 0, done.stderr
+    assert done.event("probe")[0]["digest"] == DIGEST
+    assert [(r["method"], r["path"]) for r in reqs] == [
+        ("HEAD", PATH), ("POST", "/token"), ("HEAD", PATH)]
+    post = reqs[1]
+    assert post["raw_query"] == ""
+    assert post["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    assert post["headers"].get("Authorization") is None          # no Basic auth
+    assert post["form"] == {"grant_type": ["refresh_token"], "refresh_token": [IDENTITY],
+                            "service": ["fake"], "scope": ["repository:noetl/noetl:pull"],
+                            "client_id": ["bump_image"]}
+    # the access_token answered (the private repository needs alice) is what was sent
+    bearer = reqs[2]["headers"]["Authorization"]
+    assert tokens[bearer[len("Bearer "):]]["user"] == "alice"
+    assert reqs[2]["status"] == 200
+    assert IDENTITY not in done.stdout + done.stderr
+    assert all(IDENTITY not in str(r["headers"]) for r in reqs)
+
+
+def test_refused_identity_token_is_token_failed_and_never_printed(env):
+    with FakeRegistry(auth=True, refresh_tokens={"another": "alice"}) as fake:
+        fake.add_manifest(REPO, "v2.35.9", DIGEST)
+        write_identity_token(env, fake.host)
+        done, kubectl, _ = cli(fake, env, ghcr_probe_attempts=1)
+    assert done.code == 3
+    probe = done.event("probe")[0]
+    assert probe["error"]["code"] == "token_failed"
+    assert "answered 400" in probe["error"]["message"]
+    assert IDENTITY not in done.stdout + done.stderr
+    assert kubectl.calls == []
+
+
+def test_identity_token_is_not_sent_to_a_plain_http_realm_elsewhere(env):
+    """The realm is http://auth.example.test (not loopback), reached through an
+    http_proxy (a second fake that serves /token): it gets an anonymous GET."""
+    with FakeRegistry() as auth_server, FakeRegistry(
+            auth=True, realm="http://auth.example.test/token",
+            refresh_tokens={IDENTITY: "alice"}) as fake:
+        auth_server.tokens = fake.tokens          # its tokens are good at the registry
+        fake.add_manifest(REPO, "v2.35.9", DIGEST)
+        write_identity_token(env, fake.host)
+        done, _, _ = cli(fake, dict(env, http_proxy=auth_server.base_url))
+        seen = auth_server.requests
+        fake_seen = fake.requests
+    assert done.code == 0 and done.event("probe")[0]["digest"] == DIGEST
+    assert [(r["method"], r["path"]) for r in seen] == [("GET", "/token")]
+    assert seen[0]["headers"]["Host"] == "auth.example.test"
+    assert seen[0]["headers"].get("Authorization") is None and seen[0]["body"] == b""
+    assert "not sending credentials for %s to the plain-http token realm auth.example.test" \
+        % fake.host in done.stderr
+    assert IDENTITY not in done.stdout + done.stderr
+    assert all(IDENTITY not in str(r["headers"]) + repr(r["body"]) for r in seen + fake_seen)
+
+
+def test_token_endpoint_429_waits_its_retry_after_then_retries(env):
+    with FakeRegistry(auth=True) as fake:
+        fake.add_manifest(REPO, "v2.35.9", DIGEST)
+        fake.script("/token", [Resp(429, headers={"Retry-After": "2"}), Resp(builtin=True)])
+        sleeps, progress = Sleeps(), []
+        result = bump_image.bump(
+            {"image": IMAGE, "registry_mirrors": {"ghcr.io": fake.base_url},
+             "ghcr_probe_sleep_seconds": 9, "ghcr_probe_attempts": 3},
+            runner=FakeKubectl(), sleeper=sleeps, env=env, progress=progress.append)
+        reqs = fake.requests
+    assert result.exit_code == 0
+    assert result.probe.status == "available" and result.probe.attempts == 2
+    assert sleeps == [2]                                    # not the 9 s of the payload
+    assert any("attempt 1/3: rate_limited: token endpoint %s answered 429" % fake.host in line
+               and line.endswith("next in 2 s") for line in progress), progress
+    assert [(r["method"], r["path"], r["status"]) for r in reqs] == [
+        ("HEAD", PATH, 401), ("GET", "/token", 429),
+        ("HEAD", PATH, 401), ("GET", "/token", 200), ("HEAD", PATH, 200)]
+
+
+def test_token_endpoint_429_every_time_is_rate_limited(env):
+    with FakeRegistry(auth=True) as fake:
+        fake.add_manifest(REPO, "v2.35.9", DIGEST)
+        fake.script("/token", [Resp(429, headers={"Retry-After": "2"})])
+        done, kubectl, sleeps = cli(fake, env, ghcr_probe_sleep_seconds=9, ghcr_probe_attempts=3)
+    assert done.code == 3
+    assert sleeps == [2, 2]
+    probe = done.event("probe")[0]
+    assert probe["attempts"] == 3 and probe["error"]["code"] == "rate_limited"
+    assert kubectl.calls == []
+
+
+class Clock:
+    """An injected clock that only the sleeper moves: by the next of ``steps``."""
+
+    def __init__(self, steps):
+        self.now = 1000.0
+        self.steps = list(steps)
+        self.slept = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += self.steps.pop(0)
+
+
+def probe_with_clock(fake, env, steps):
+    """Probe with ``len(steps) + 1`` attempts, 404 until the last; the clock moves by
+    ``steps`` between attempts.  Returns (result, token requests, HEADs)."""
+    fake.script(PATH, [Resp(404)] * len(steps) + [Resp(200, headers={
+        "Docker-Content-Digest": DIGEST})], require_auth=True)
+    clock = Clock(steps)
+    result = bump_image.bump(
+        {"image": IMAGE, "registry_mirrors": {"ghcr.io": fake.base_url},
+         "ghcr_probe_attempts": len(steps) + 1}, runner=FakeKubectl(), env=env,
+        sleeper=clock.sleep, clock=clock)
+    return result, fake.token_requests, [r for r in fake.requests if r["method"] == "HEAD"]
+
+
+def test_expires_in_over_a_day_is_clamped_to_a_day(env):
+    with FakeRegistry(auth=True, expires_in=10 ** 9) as fake:
+        # attempts at +0 (token), +1 h and +86000 s (the same token), +86400 s (a new one)
+        result, tokens, heads = probe_with_clock(fake, env, [3600, 86000 - 3600, 400])
+    assert result.probe.status == "available" and result.probe.attempts == 4
+    assert len(tokens) == 2
+    assert [bool(r["headers"].get("Authorization")) for r in heads] == [
+        False, True, True, True, False, True]
+    assert len({r["headers"]["Authorization"] for r in heads[1:4]}) == 1
+
+
+@pytest.mark.parametrize("expires_in", [30, "3600", None, True, float("nan")],
+                         ids=["30", "a-string", "absent", "true", "NaN"])
+def test_expires_in_below_60_or_not_a_number_means_60_seconds(env, expires_in):
+    with FakeRegistry(auth=True, expires_in=expires_in) as fake:
+        # +50 s: still the first token; +60 s: a new one
+        result, tokens, heads = probe_with_clock(fake, env, [50, 10])
+    assert result.probe.status == "available" and result.probe.attempts == 3
+    assert len(tokens) == 2
+    assert [bool(r["headers"].get("Authorization")) for r in heads] == [
+        False, True, True, False, True]
+
+
+def test_upper_case_registry_host_is_probed_through_the_mirror(env):
+    image = "GHCR.io/noetl/noetl:v1"
+    with FakeRegistry(auth=True) as fake:
+        fake.add_manifest(REPO, "v1", DIGEST)
+        done, kubectl, _ = cli(fake, env, image=image)
+        reqs = fake.requests
+    assert done.code == 0, done.stderr
+    assert done.event("probe") == [{"event": "probe", "image": image, "status": "available",
+                                    "attempts": 1, "digest": DIGEST, "error": None}]
+    assert [(r["method"], r["path"]) for r in reqs] == [
+        ("HEAD", "/v2/noetl/noetl/manifests/v1"), ("GET", "/token"),
+        ("HEAD", "/v2/noetl/noetl/manifests/v1")]
+    # the same repository as ghcr.io/noetl/noetl: the worker's init container moves too
+    assert kubectl.image_of("noetl-worker", "wait-for-api", "initContainers") == image
+
+
+class RecordingOpener:
+    """Records the URL of every request and answers none (connection refused)."""
+
+    def __init__(self):
+        self.urls = []
+
+    def open(self, request, timeout=None):
+        self.urls.append(request.full_url)
+        raise urllib.error.URLError(ConnectionRefusedError(111, "refused"))
+
+
+def test_upper_case_docker_hub_is_probed_at_registry_1(env):
+    opener = RecordingOpener()
+    bump_image.bump({"image": "DOCKER.IO/library/nginx:1.27", "ghcr_probe_attempts": 1},
+                    runner=FakeKubectl(), opener=opener, env=env)
+    assert opener.urls == ["https://registry-1.docker.io/v2/library/nginx/manifests/1.27"]
+
+
+ABC = {"a": "ghcr.io/x/a:1", "b": "ghcr.io/x/b:1", "c": "ghcr.io/x/c:1"}
+
+
+def abc_cluster():
+    return FakeKubectl({name: deployment(name, {"main": "ghcr.io/x/%s:0" % name})
+                        for name in ABC})
+
+
+def assert_asked_for_all_before_any_was_found(heads):
+    """Each image's manifest was asked for before any image was found: the probes
+    overlap (one after another, a is found before b is first asked for)."""
+    first_found = min(r["time"] for r in heads if r["status"] == 200)
+    for name in ABC:
+        assert any(r["path"] == "/v2/x/%s/manifests/1" % name and r["time"] < first_found
+                   for r in heads), name
+
+
+def test_several_images_are_probed_at_the_same_time(env):
+    with FakeRegistry(auth=True) as fake:
+        for name in ABC:
+            fake.add_manifest("x/" + name, "1", after=1.2)
+        kubectl, stamped = abc_cluster(), []
+        started = time.monotonic()
+        result = bump_image.bump(         # the default sleeper: real waits
+            {"images": ABC, "registry_mirrors": {"ghcr.io": fake.base_url},
+             "ghcr_probe_sleep_seconds": 0.4, "ghcr_probe_attempts": 10},
+            runner=kubectl, env=env,
+            on_event=lambda e: stamped.append((time.monotonic() - started, e)))
+        heads = [r for r in fake.requests if r["method"] == "HEAD"]
+    probes = [(t, e) for t, e in stamped if e["event"] == "probe"]
+    assert [e["image"] for _, e in probes] == list(ABC.values())
+    assert all(e["status"] == "available" and e["attempts"] >= 3 for _, e in probes)
+    probe_phase = probes[-1][0]
+    assert 1.2 <= probe_phase < 2.5, probe_phase        # one after another: >= 3.6 s
+    assert_asked_for_all_before_any_was_found(heads)
+    assert result.exit_code == 0
+    assert {c.name: c.image for c in result.components} == ABC
+
+
+def test_several_images_one_never_appears_changes_nothing(env):
+    with FakeRegistry(auth=True) as fake:
+        fake.add_manifest("x/a", "1", after=1.2)
+        fake.add_manifest("x/c", "1", after=1.2)      # x/b never appears
+        started = time.monotonic()
+        done, kubectl, _ = cli(fake, env, runner=abc_cluster(), sleeper=time.sleep,
+                               images=ABC, ghcr_probe_sleep_seconds=0.4, ghcr_probe_attempts=5)
+        elapsed = time.monotonic() - started
+        heads = [r for r in fake.requests if r["method"] == "HEAD"]
+    assert done.code == 3
+    assert [e["event"] for e in done.events] == ["probe", "probe", "probe", "summary"]
+    probes = done.event("probe")
+    assert [p["image"] for p in probes] == list(ABC.values())
+    assert [p["status"] for p in probes] == ["available", "unavailable", "available"]
+    assert probes[1]["attempts"] == 5 and probes[1]["error"]["code"] == "manifest_unknown"
+    assert done.summary["exit_code"] == 3
+    assert kubectl.calls == [] and kubectl_writes(kubectl) == []
+    assert_asked_for_all_before_any_was_found(heads)
+    assert elapsed < 2.5, elapsed                     # one after another: 2.8 s at least

@@ -28,13 +28,17 @@ import pytest
 
 try:
     import fake_registry
+    import registry_common
     import registry_harness
 except ImportError:  # tests/ is a package or not on sys.path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import fake_registry
+    import registry_common
     import registry_harness
 
 from fake_registry import FakeRegistry, Resp
+from registry_common import basic_auth as basic
+from registry_common import http, parse_challenge
 from registry_harness import (
     FULL_ACCEPT,
     MEDIA_DOCKER_LIST,
@@ -54,50 +58,6 @@ DIGEST_B = "sha256:" + "b" * 64
 # ---------------------------------------------------------------------------
 # tiny urllib client
 # ---------------------------------------------------------------------------
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_OPENERS = {}
-
-
-def _opener(follow, context):
-    # Openers are cached: building one creates a default TLS context, which
-    # costs tens of milliseconds on Python 3.13.
-    key = (follow, id(context))
-    if key not in _OPENERS:
-        handlers = [urllib.request.ProxyHandler({})]  # ignore $http_proxy
-        if not follow:
-            handlers.append(_NoRedirect())
-        if context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        _OPENERS[key] = (urllib.request.build_opener(*handlers), context)
-    return _OPENERS[key][0]
-
-
-def http(method, url, headers=None, timeout=10, follow=False, context=None):
-    """Return (status, headers, body); HTTP errors are results, not raised."""
-    opener = _opener(follow, context)
-    request = urllib.request.Request(url, method=method, headers=headers or {})
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, err.headers, err.read()
-
-
-def parse_challenge(value):
-    scheme, _, params = value.partition(" ")
-    return scheme, dict(re.findall(r'(\w+)="([^"]*)"', params))
-
-
-def basic(user, password):
-    raw = ("%s:%s" % (user, password)).encode("utf-8")
-    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 def fetch_token(challenge_header, credentials=None):
@@ -599,3 +559,130 @@ def test_fake_tls(tmp_path):
         cert_dir = os.path.dirname(fake.cert_path)
     assert not os.path.exists(cert_dir)
 
+
+
+def test_fake_script_for_one_method_and_the_builtin_fallback(fake):
+    digest = fake.add_manifest("a/b", "v1")
+    path = "/v2/a/b/manifests/v1"
+    fake.script(path, [Resp(500)], method="GET")
+    assert http("HEAD", fake.base_url + path)[0] == 200          # HEAD is not scripted
+    assert http("GET", fake.base_url + path)[0] == 500
+    assert fake.served(path, "GET") == 1 and fake.served(path) == 0
+    fake.script(path, [Resp(503), Resp(builtin=True)])          # every other method
+    assert [http("HEAD", fake.base_url + path)[0] for _ in range(3)] == [503, 200, 200]
+    assert http("HEAD", fake.base_url + path)[1]["Docker-Content-Digest"] == digest
+    assert http("GET", fake.base_url + path)[0] == 500          # the method's script wins
+    fake.script("/token", [Resp(429, headers={"Retry-After": "2"}), Resp(builtin=True)])
+    challenge = 'Bearer realm="%s",service="fake",scope="repository:a/b:pull"' % fake.token_url
+    assert fetch_token(challenge)[0] == 429
+    status, payload = fetch_token(challenge)
+    assert status == 200 and payload["token"] in fake.tokens
+
+
+def test_fake_manifest_without_digest_header_and_appearing_later(fake):
+    digest = fake.add_manifest("a/b", "v1", send_digest=False)
+    status, headers, _ = http("HEAD", manifest_url(fake.base_url, "a/b", "v1"))
+    assert status == 200
+    assert headers["Docker-Content-Digest"] is None and headers["Etag"] is None
+    status, _, body = http("GET", manifest_url(fake.base_url, "a/b", "v1"))
+    assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == digest
+    fake.add_manifest("a/c", "v1", after=0.3)
+    url = manifest_url(fake.base_url, "a/c", "v1")
+    assert http("HEAD", url)[0] == 404
+    time.sleep(0.35)
+    assert http("HEAD", url)[0] == 200
+
+
+def test_fake_oauth2_refresh_token_grant():
+    form = "application/x-www-form-urlencoded"
+    with FakeRegistry(auth=True, refresh_tokens={"idt-1": "alice"}, private={"a/secret"}) as fake:
+        fake.add_manifest("a/secret", "v1")
+
+        def post(fields, content_type=form):
+            body = urllib.parse.urlencode(fields).encode("ascii")
+            status, _, answer = http("POST", fake.token_url, body=body,
+                                     headers={"Content-Type": content_type})
+            return status, json.loads(answer.decode("utf-8"))
+
+        status, payload = post({"grant_type": "refresh_token", "refresh_token": "idt-1",
+                                "service": "fake", "scope": "repository:a/secret:pull",
+                                "client_id": "test"})
+        assert status == 200
+        assert set(payload) == {"access_token", "expires_in", "issued_at", "scope"}
+        assert payload["scope"] == "repository:a/secret:pull"
+        assert fake.tokens[payload["access_token"]]["user"] == "alice"
+        url = manifest_url(fake.base_url, "a/secret", "v1")
+        assert http("HEAD", url, headers={
+            "Authorization": "Bearer " + payload["access_token"]})[0] == 200
+        logged = fake.token_requests[-1]
+        assert logged["method"] == "POST" and logged["raw_query"] == ""
+        assert logged["form"]["refresh_token"] == ["idt-1"]
+        assert logged["body"].startswith(b"grant_type=refresh_token")
+
+        assert post({"grant_type": "refresh_token", "refresh_token": "nope"}) == (
+            400, {"error": "invalid_grant", "error_description": "unknown refresh token"})
+        assert post({"grant_type": "password", "username": "alice"})[1] == {
+            "error": "unsupported_grant_type"}
+
+
+def test_fake_expires_in_that_is_not_a_number_is_sent_and_not_enforced():
+    with FakeRegistry(auth=True, expires_in="soon") as fake:
+        fake.add_manifest("a/b", "v1")
+        url = manifest_url(fake.base_url, "a/b", "v1")
+        status, payload = fetch_token(http("HEAD", url)[1]["WWW-Authenticate"])
+        assert status == 200 and payload["expires_in"] == "soon"
+        assert http("HEAD", url, headers={"Authorization": "Bearer " + payload["token"]})[0] == 200
+
+
+# ---------------------------------------------------------------------------
+# registry_common: what both registries share
+# ---------------------------------------------------------------------------
+
+
+def test_common_media_types_are_the_ones_both_registries_export():
+    assert registry_common.FULL_ACCEPT == ", ".join(registry_common.MANIFEST_TYPES)
+    for module in (fake_registry, registry_harness):
+        assert module.FULL_ACCEPT is registry_common.FULL_ACCEPT
+        assert (module.MEDIA_OCI_INDEX, module.MEDIA_OCI_MANIFEST, module.MEDIA_DOCKER_LIST,
+                module.MEDIA_DOCKER_MANIFEST) == registry_common.MANIFEST_TYPES
+
+
+@pytest.mark.parametrize("header, expected", [
+    (basic("alice", "pa:ss w0rd"), ("alice", "pa:ss w0rd")),
+    ("basic " + base64.b64encode(b"bob:").decode(), ("bob", "")),
+    ("Basic " + base64.b64encode(b"no-colon").decode(), (None, None)),
+    ("Basic !!not-base64!!", (None, None)),
+    ("Bearer abc", (None, None)),
+    (None, (None, None)),
+])
+def test_common_decode_basic(header, expected):
+    assert registry_common.decode_basic(header) == expected
+
+
+def test_common_bearer_helpers():
+    assert registry_common.bearer_token("Bearer  tok.en ") == "tok.en"
+    assert registry_common.bearer_token("bearer x") == "x"
+    for value in (None, "", "Bearer ", "Basic abc"):
+        assert registry_common.bearer_token(value) is None
+    challenge = registry_common.bearer_challenge("http://h/token", "svc",
+                                                 "repository:a/b:pull,push", "invalid_token")
+    assert challenge == ('Bearer realm="http://h/token",service="svc",'
+                         'scope="repository:a/b:pull,push",error="invalid_token"')
+    assert parse_challenge(challenge) == ("Bearer", {
+        "realm": "http://h/token", "service": "svc", "scope": "repository:a/b:pull,push",
+        "error": "invalid_token"})
+    assert registry_common.bearer_challenge("r", "s") == 'Bearer realm="r",service="s"'
+
+
+def test_common_scopes_and_token_answer():
+    assert registry_common.parse_scope("repository:noetl/app:pull,push") == (
+        "repository", "noetl/app", ["pull", "push"])
+    assert registry_common.parse_scope("repository:localhost:5000/a:pull") == (
+        "repository", "localhost:5000/a", ["pull"])
+    assert registry_common.parse_scope("registry:catalog:*") == ("registry", "catalog", ["*"])
+    for bad in ("repository", "repository:pull", "repository::pull"):
+        assert registry_common.parse_scope(bad) is None
+    assert registry_common.token_answer("t", ("token",), 300, 0) == {
+        "token": "t", "expires_in": 300, "issued_at": "1970-01-01T00:00:00Z"}
+    assert registry_common.token_answer("t", ("token", "access_token")) == {
+        "token": "t", "access_token": "t"}
