@@ -2010,11 +2010,11 @@ def decide(workload, obj, target, container=None, dry_run=False, namespace=DEFAU
     rollout's failure or pause; otherwise paused → ``deployment_paused``; dry run →
     plan; scaled to zero or OnDelete → patch without waiting; else patch and wait.
     """
-    name, kind = workload.name, workload.kind
+    kind = workload.kind
     if obj is None:
         if listed:
             return Decision("refuse", "not_found", '%s "%s" not found in namespace "%s"'
-                            % (workload.title, name, namespace))
+                            % (workload.title, workload.name, namespace))
         return Decision("skip", log="%s: not found in namespace %s, skipped (a default)"
                         % (workload.key, namespace))
     try:
@@ -2022,34 +2022,49 @@ def decide(workload, obj, target, container=None, dry_run=False, namespace=DEFAU
     except (ContainerNotFound, ContainerAmbiguous) as exc:
         return Decision("refuse", exc.code, exc.message)
     spec = obj.get("spec") or {}
-    paused = kind == "deployment" and bool(spec.get("paused"))
-    scaled_to_zero = kind != "daemonset" and spec.get("replicas", 1) == 0
-    on_delete = kind != "deployment" and _update_strategy(obj) == "OnDelete"
-    key = workload.key
+    state = {"paused": kind == "deployment" and bool(spec.get("paused")),
+             "scaled_to_zero": kind != "daemonset" and spec.get("replicas", 1) == 0,
+             "on_delete": kind != "deployment" and _update_strategy(obj) == "OnDelete"}
     if plan.at_target:
-        if scaled_to_zero or on_delete:
-            why = "replicas: 0" if scaled_to_zero else "updateStrategy OnDelete, not waited for"
-            return Decision("unchanged", plan=plan, log="%s: already at %s (%s)"
-                            % (key, target.text, why))
-        done, message, failed = rollout_verdict(obj)
-        if done:
-            return Decision("unchanged", plan=plan, log="%s: already at %s" % (key, target.text))
-        if failed:
-            return Decision("refuse", "rollout_failed", "already at the target, but its"
-                            " rollout failed: " + message, plan)
-        if paused:
-            return Decision("refuse", "deployment_paused", "already at the target, but the"
-                            " rollout is paused (kubectl rollout resume deployment/%s)"
-                            % name, plan)
-        if dry_run:
-            return Decision("unchanged", plan=plan, log="%s: at the target, rollout still in"
-                            " progress (%s); dry run, not waiting" % (key, message))
-        return Decision("wait", plan=plan, log="%s: already at the target; its rollout is not"
-                        " complete, waiting (%s)" % (key, message))
+        return _decide_at_target(workload, obj, plan, target, dry_run, **state)
+    return _decide_change(workload, plan, target, dry_run, namespace, **state)
+
+
+def _decide_at_target(workload, obj, plan, target, dry_run, paused, scaled_to_zero,
+                      on_delete):
+    """``decide`` for a workload already at the target: unchanged, or its unfinished
+    rollout waited for, or refused when that rollout failed or is paused."""
+    key = workload.key
+    if scaled_to_zero or on_delete:
+        why = "replicas: 0" if scaled_to_zero else "updateStrategy OnDelete, not waited for"
+        return Decision("unchanged", plan=plan, log="%s: already at %s (%s)"
+                        % (key, target.text, why))
+    done, message, failed = rollout_verdict(obj)
+    if done:
+        return Decision("unchanged", plan=plan, log="%s: already at %s" % (key, target.text))
+    if failed:
+        return Decision("refuse", "rollout_failed", "already at the target, but its"
+                        " rollout failed: " + message, plan)
+    if paused:
+        return Decision("refuse", "deployment_paused", "already at the target, but the"
+                        " rollout is paused (kubectl rollout resume deployment/%s)"
+                        % workload.name, plan)
+    if dry_run:
+        return Decision("unchanged", plan=plan, log="%s: at the target, rollout still in"
+                        " progress (%s); dry run, not waiting" % (key, message))
+    return Decision("wait", plan=plan, log="%s: already at the target; its rollout is not"
+                    " complete, waiting (%s)" % (key, message))
+
+
+def _decide_change(workload, plan, target, dry_run, namespace, paused, scaled_to_zero,
+                   on_delete):
+    """``decide`` for a workload that is not at the target: refused when paused,
+    planned in a dry run, else patched (and waited for, unless nothing rolls it)."""
+    key = workload.key
     if paused:
         return Decision("refuse", "deployment_paused", "the Deployment is paused; not changed"
                         " (resume it with kubectl rollout resume deployment/%s -n %s and run"
-                        " again)" % (name, namespace), plan)
+                        " again)" % (workload.name, namespace), plan)
     changes = ", ".join("%s=%s" % (n, target.text) for _, n in plan.changes)
     if dry_run:
         return Decision("plan", plan=plan, log="%s: would set %s (now %s)"
@@ -3554,7 +3569,8 @@ class _Output:
         self.stream = stream
         self.format = "jsonl"
         self.events = []
-        self.keep = None
+        self.keep = None               # the kept .jsonl file (--log-dir)
+        self.progress_log = None       # the kept .log file
 
     def write(self, event):
         line = json.dumps(event) + "\n"
@@ -3573,8 +3589,9 @@ class _Output:
         elif self.format == "summary" and self.events:
             self.stream.write(json.dumps(self.events[-1]) + "\n")
         self.stream.flush()
-        if self.keep is not None:
-            self.keep.close()
+        for kept in (self.keep, self.progress_log):
+            if kept is not None:
+                kept.close()
 
 
 def open_log_files(folder, env):
@@ -3589,8 +3606,12 @@ def open_log_files(folder, env):
         if info.st_uid != os.getuid() or info.st_mode & 0o022:
             raise UsageError("--log-dir %s is not a folder of this user's own (writable only"
                              " by its owner)" % json.dumps(folder))
-        stem = os.path.join(folder, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-                            + "-%d" % os.getpid())
+        base = stem = os.path.join(folder, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                                   + "-%d" % os.getpid())
+        for again in range(2, 100):     # another run of this process in the same second
+            if not os.path.exists(stem + ".jsonl"):
+                break
+            stem = "%s-%d" % (base, again)
         files = open(stem + ".jsonl", "x", encoding="utf-8"), open(stem + ".log", "x",
                                                                    encoding="utf-8")
         for suffix in (".jsonl", ".log"):
@@ -3624,16 +3645,15 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
             stdout.flush()
             return 0
         out.format = args.format
-        progress_log = None
         if args.log_dir is not None:
-            out.keep, progress_log = open_log_files(args.log_dir, env)
+            out.keep, out.progress_log = open_log_files(args.log_dir, env)
         with Signals() as signals:
             try:
                 settings = parse_payload(payload_from_args(args, stdin))
                 signals.raising = False
                 engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper,
                                 clock=clock, env=env, on_event=out.write,
-                                progress=Progress(stderr, progress_log), signals=signals,
+                                progress=Progress(stderr, out.progress_log), signals=signals,
                                 started=started)
                 code = engine.run().exit_code
             except Interrupted as exc:     # before the run started: nothing was contacted

@@ -185,3 +185,51 @@ def test_help_lists_every_payload_key_with_its_default(env):
                     if ln.startswith("  %s:" % key.name) or ln.startswith("  %s " % key.name))
         default = key.default_text().replace("`", "").replace("—", "none")
         assert line.endswith("default " + default), line
+
+
+def test_format_summary_prints_only_the_summary_line(env):
+    run = run_cli(["--format", "summary", "--payload", json.dumps({"image": IMAGE,
+                                                                    "probe": "never"})],
+                  runner=FakeKubectl(), env=env)
+    assert run.code == 0
+    (line,) = run.stdout.splitlines()
+    assert json.loads(line)["event"] == "summary" and json.loads(line)["changed"] == 3
+
+
+def test_log_dir_keeps_every_line_and_the_progress(env, tmp_path):
+    logs = tmp_path / "logs"
+    run = run_cli(["--format", "summary", "--log-dir", str(logs), "--payload", json.dumps(
+        {"image": IMAGE, "probe": "never"})], runner=FakeKubectl(), env=env)
+    assert run.code == 0
+    kept = [json.loads(x) for x in (logs / "last.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in kept] == ["probe", "component", "component", "component",
+                                          "summary"]
+    assert (logs / "last.log").read_text() == run.stderr and run.stderr
+    assert os.path.islink(str(logs / "last.jsonl"))
+    assert oct(os.stat(str(logs)).st_mode & 0o777) == "0o700"
+    again = run_cli(["--log-dir", str(logs), "--payload", '{"imag": 1}'], env=env)
+    assert again.code == 2
+    assert json.loads((logs / "last.jsonl").read_text())["error"]["code"] == "invalid_payload"
+    assert len(list(logs.glob("*.jsonl"))) == 3          # two runs and last.jsonl
+
+
+def test_log_dir_default_and_a_folder_that_is_not_ours(env, tmp_path):
+    run = run_cli(["--log-dir", "--payload", json.dumps({"image": IMAGE, "probe": "never"})],
+                  runner=FakeKubectl(), env=dict(env, BUMP_IMAGE_LOG_DIR=str(tmp_path / "d")))
+    assert run.code == 0 and (tmp_path / "d" / "last.jsonl").exists()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    run = run_cli(["--log-dir", str(shared), "--payload", json.dumps({"image": IMAGE})],
+                  runner=FakeKubectl(), env=env)
+    assert run.code == 2 and "not a folder of this user's own" in run.events[0]["error"]["message"]
+
+
+def test_payload_lines_from_stdin(env):
+    lines = "".join("%s=%s\n" % (k.name, {"image": IMAGE, "probe": "never",
+                                          "deployment": "noetl-server"}.get(k.name, ""))
+                    for k in bump_image.PAYLOAD_KEYS) + "script=bump_image.py\n"
+    run = run_cli(["--payload-lines", "-"], stdin=lines, runner=FakeKubectl(), env=env)
+    assert run.code == 0 and list(run.components) == ["noetl-server"]
+    run = run_cli(["--payload-lines", "-", "--payload", "{}"], env=env)
+    assert run.code == 2 and "not allowed with argument" in run.events[0]["error"]["message"]
