@@ -515,7 +515,7 @@ PAYLOAD_KEYS = (
     Key("rollout_timeout_seconds", "integer", "per workload", default=300, low=1,
         high=86400, attr="rollout_timeout"),
     Key("deadline_seconds", "number", "a budget for the whole run (probe and every rollout),"
-        " from the tool's start; see [deadline](#a-deadline-for-the-whole-run)", low=0,
+        " from the process's start; see [deadline](#a-deadline-for-the-whole-run)", low=0,
         low_open=True, high=604800, attr="deadline_seconds", shown="none"),
     Key("dry_run", "boolean", "probe and read, report what would change, change nothing",
         default=False, attr="dry_run"),
@@ -3624,11 +3624,25 @@ def open_log_files(folder, env):
     return files
 
 
+def _process_age():
+    """Seconds since this process started (Linux: /proc/self/stat), else 0."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])             # field 22, starttime, in clock ticks after boot
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf(
+            "SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
 def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=None,
          opener=None, sleeper=None, clock=None):
-    """The command line; returns the exit code (see the module docstring)."""
+    """The command line; returns the exit code (see the module docstring).  As a
+    program (``argv`` None), ``deadline_seconds`` counts from the process's start."""
+    started = clock() if clock is not None else time.monotonic() - (
+        _process_age() if argv is None else 0.0)
     clock = clock if clock is not None else time.monotonic
-    started = clock()
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
