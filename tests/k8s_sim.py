@@ -3059,6 +3059,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, code, body, content_type="application/json"):
         data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        if self._log_entry is not None:
+            # before the answer leaves: a client that reads the log as soon as it has
+            # its answer (kubectl has exited) must find the status there
+            self._log_entry["status"] = code
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -3066,8 +3070,6 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-        if self._log_entry is not None:
-            self._log_entry["status"] = code
 
     def _dispatch(self):
         self._log_entry = None

@@ -32,7 +32,10 @@ from k8s_sim import start_sim, stop_sim, write_kubeconfig  # noqa: E402
 pytestmark = pytest.mark.e2e
 
 NS = "noetl"
-KUBECTLS = [pytest.param(DISPATCHER, id="dispatcher"), pytest.param(newer_kubectl(), id="new")]
+# the marks let BUMP_IMAGE_KUBECTLS pick one of them (see conftest.py): "1.33" stands for
+# the dispatcher and every kubectl it execs, "1.37" for the one from PyPI
+KUBECTLS = [pytest.param(DISPATCHER, id="dispatcher", marks=pytest.mark.kubectl("1.33")),
+            pytest.param(newer_kubectl(), id="new", marks=pytest.mark.kubectl("1.37"))]
 
 
 class Kubectl:
@@ -288,9 +291,9 @@ def test_rollout_status_times_out_when_pods_hang(kubectl, sim):
     sim.set_image_behaviour("repo/web:2", {"mode": "hang"})
     kubectl.ok("set", "image", "deployment/web", "app=repo/web:2", "-n", NS)
     started = time.time()
-    result = kubectl("rollout", "status", "deployment/web", "-n", NS, "--timeout=2s")
+    result = kubectl("rollout", "status", "deployment/web", "-n", NS, "--timeout=1s")
     assert result.returncode == 1
-    assert 1.5 < time.time() - started < 15
+    assert 0.9 < time.time() - started < 15
     assert "error: timed out waiting for the condition" in result.stderr
     assert 'Waiting for deployment "web" rollout to finish' in result.stdout
     pod = [p for p in pods_of(kubectl, "web")
@@ -568,6 +571,7 @@ def test_request_log_records_patch(kubectl, sim):
     assert sim.requests() == []
 
 
+@pytest.mark.kubectl("1.33")
 @pytest.mark.parametrize("version,expected_minor", [
     ("1.27.3", 27), ("1.30.1", 30), ("1.33.2", 33), ("1.32.4", 32), ("1.36.0", 32)])
 def test_server_version_selects_dispatcher_kubectl(sim, tmp_path, version, expected_minor):
@@ -585,6 +589,7 @@ def test_server_version_selects_dispatcher_kubectl(sim, tmp_path, version, expec
     assert kubectl_minor(sim) == expected_minor
 
 
+@pytest.mark.kubectl("1.33")
 def test_start_sim_with_server_version_and_old_rollout_status(tmp_path):
     require_binary(DISPATCHER)
     proc, client = start_sim(server_version="1.29.2")
@@ -809,13 +814,13 @@ def test_rollout_status_times_out_when_new_pods_hang(kubectl, sim):
     kubectl.ok("set", "image", "ds/agent", "agent=repo/agent:2", "-n", NS)
     started = time.time()
     procs = {kind: subprocess.Popen(kubectl.argv(["rollout", "status", kind, "-n", NS,
-                                                  "--timeout=2s"]),
+                                                  "--timeout=1s"]),
                                     env=kubectl.env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-             for kind in ("sts/db", "ds/agent")}  # both at once: one 2 s wait
+             for kind in ("sts/db", "ds/agent")}  # both at once: one 1 s wait
     results = {kind: proc.communicate(timeout=30) + (proc.returncode,)
                for kind, proc in procs.items()}
-    assert 1.5 < time.time() - started < 15
+    assert 0.9 < time.time() - started < 15
     for kind, waiting in (
             ("sts/db", "Waiting for 1 pods to be ready..."),
             ("ds/agent", 'Waiting for daemon set "agent" rollout to finish: '
