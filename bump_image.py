@@ -1428,8 +1428,11 @@ def default_opener(ssl_context=None, env=None):
     The opener's ``sockets`` (a ``SocketRegistry``) collects the sockets each
     thread's request connects, so that a request's whole deadline can be enforced.
     """
-    import urllib.request  # HTTP/TLS stack: loaded only for a probe
+    import ssl  # HTTP/TLS stack: loaded only for a probe
+    import urllib.request
     env = os.environ if env is None else env
+    if ssl_context is None:     # one context (and one load of the CA store) per opener
+        ssl_context = ssl.create_default_context()
     plain, tls = _watched_handlers()
     sockets = SocketRegistry()
     opener = urllib.request.build_opener(_redirect_handler()(), _proxy_handler()(env),
@@ -3089,7 +3092,7 @@ class Engine:
         """A StatefulSet does not replace a pod of the failed revision that never got
         ready, even once its template is reverted (Kubernetes' "forced rollback"):
         delete those pods, and only those, so that the old revision comes back."""
-        state = self.read_rollout_state([w.comp])
+        state = self.read_rollout_state([w.comp], deployments=False)
         if state is None:
             return
         _, replicasets, pods = state
@@ -3258,14 +3261,15 @@ class Engine:
                 due = when if due is None else min(due, when)
         return True, due
 
-    def read_rollout_state(self, comps):
-        """The ReplicaSets and Pods (and Deployments) of ``comps``' workloads, read
-        once, narrowed by a label selector that covers all of them:
+    def read_rollout_state(self, comps, deployments=True):
+        """The ReplicaSets and Pods (and, for diagnosis, the Deployments) of ``comps``'
+        workloads, read once, narrowed by a label selector that covers all of them:
         ``({uid: workload object}, [ReplicaSet], [Pod])``, or None when they
         cannot be read."""
         kinds = ["pods"]
         if any(c.workload.kind == "deployment" for c in comps):
-            kinds = ["deployments", "replicasets", "pods"]
+            kinds = ["deployments", "replicasets", "pods"] if deployments else [
+                "replicasets", "pods"]
         selector = union_selector([c.selector for c in comps])
         args = ["get", ",".join(kinds), self.kubectl.ns]
         if selector:
@@ -3288,7 +3292,7 @@ class Engine:
         todo = [c for c in self.components if c.rolled_out]
         if not todo or self.out_of_time(0.5):
             return
-        state = self.read_rollout_state(todo)
+        state = self.read_rollout_state(todo, deployments=False)
         if state is None:
             return
         _, replicasets, pods = state

@@ -88,7 +88,8 @@ class FakeKubectl:
                                                           "--kubeconfig", "--cache-dir"))]
         if args[:2] == ["config", "current-context"]:
             return self.fail.get("config") or bump_image.Completed(0, self.context + "\n")
-        if args[:1] == ["get"] and args[1] in ("deployments,replicasets,pods", "pods"):
+        if args[:1] == ["get"] and args[1] in ("deployments,replicasets,pods",
+                                               "replicasets,pods", "pods"):
             return self.fail.get("facts") or self._json({"kind": "List",
                                                          "items": self._facts()})
         if args[:1] == ["get"]:
@@ -117,7 +118,8 @@ class FakeKubectl:
             elif args[0] == "rollout":
                 out.append("rollout %s %s" % (args[1], " ".join(
                     a.split("/", 1)[1] for a in args[2:])))
-            elif args[0] == "get" and args[1] in ("deployments,replicasets,pods", "pods"):
+            elif args[0] == "get" and args[1] in ("deployments,replicasets,pods",
+                                                  "replicasets,pods", "pods"):
                 out.append("facts")
             elif args[0] == "get":
                 out.append("get")

@@ -53,7 +53,7 @@ def test_default_runner_change_and_rollout(fp, tmp_path, env):
                 stdout="deployment.apps/noetl-worker patched\n")
     fp.register(["kubectl", "rollout", "status", "deployment/noetl-worker", fp.any()],
                 stdout='deployment "noetl-worker" successfully rolled out\n')
-    fp.register(["kubectl", "get", "deployments,replicasets,pods", "--namespace=noetl",
+    fp.register(["kubectl", "get", "replicasets,pods", "--namespace=noetl",
                  "--selector=app=noetl-worker", fp.any()],
                 stdout=json.dumps({"kind": "List", "items": []}))
     run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never",

@@ -228,7 +228,8 @@ def test_every_kubectl_argv_is_a_list_and_no_value_becomes_a_flag(
                 # a positional argument is a verb, a resource or a validated name
                 assert arg in values or arg.startswith("deployment/") or arg in (
                     "get", "patch", "rollout", "status", "undo", "deployment", "deployments",
-                    "deployments,replicasets,pods", "config", "current-context"), arg
+                    "deployments,replicasets,pods", "replicasets,pods", "config",
+                    "current-context"), arg
         if ctx is not None:
             assert "--context=" + ctx in argv
         if kubeconfig is not None:
@@ -253,7 +254,7 @@ def test_popen_gets_a_list_and_never_a_shell(fp, tmp_path, env):
     fp.register(["kubectl", "patch", fp.any()], stdout="patched\n", callback=record)
     fp.register(["kubectl", "rollout", "status", fp.any()], stdout="rolled out\n",
                 callback=record)
-    fp.register(["kubectl", "get", "deployments,replicasets,pods", fp.any()],
+    fp.register(["kubectl", "get", "replicasets,pods", fp.any()],
                 stdout='{"kind": "List", "items": []}', callback=record)
     run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never",
                                             "deployment": "noetl-server",
