@@ -353,15 +353,17 @@ def test_worked_example_with_older_kubectl(sim_server, tmp_path, env, server_ver
 
 
 def test_deadline_prints_the_summary_before_the_budget_ends(cluster):
-    """Three slow rollouts (3 s each, one after another) and deadline_seconds 6: the
-    first completes, the second is cut (deadline_exceeded, its change applied), the
-    third is never changed; the summary line arrives before 6 s from the tool's start."""
+    """Slow rollouts one after another (2.5 s; the worker's 5 s: its init container, then
+    its app) and deadline_seconds 8 (7 s of work, 1 s kept for the report): the server
+    completes, the worker is changed with time to spare but cut (deadline_exceeded, its
+    change applied), the bridge is never changed; the summary line comes within the
+    budget, counted from the process's start."""
     import json
     import subprocess
     import sys
     cluster.noetl()
-    cluster.sim.set_image_behaviour(NEW, {"mode": "ready", "delay": 3})
-    payload = cluster.payload(image=NEW, deadline_seconds=6, fail_fast_seconds=600)
+    cluster.sim.set_image_behaviour(NEW, {"mode": "ready", "delay": 2.5})
+    payload = cluster.payload(image=NEW, deadline_seconds=8, fail_fast_seconds=600)
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "bump_image.py", "--payload", json.dumps(payload)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cluster.env)
@@ -372,9 +374,9 @@ def test_deadline_prints_the_summary_before_the_budget_ends(cluster):
     stderr = proc.stderr.read().decode()
     at, summary = lines[-1]
     assert summary["event"] == "summary", stderr
-    # the budget runs from the tool's start, by its own clock (duration_seconds); seen
-    # from here the line also waited for Python's start-up (slow on a loaded machine)
-    assert summary["duration_seconds"] < 6.0 and at < 6.5, (summary, at, stderr)
+    # the budget runs from the process's start (duration_seconds too); seen from here
+    # the line also waited for the pipe
+    assert summary["duration_seconds"] < 8.0 and at < 8.5, (summary, at, stderr)
     assert proc.returncode == 1 and summary["exit_code"] == 1
     comps = {e["component"]: e for _, e in lines if e["event"] == "component"}
     assert comps["noetl-server"]["status"] == "changed"
