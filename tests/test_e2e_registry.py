@@ -448,3 +448,47 @@ def test_full_flow_worked_example_then_pin_digest(registry, cluster):
     assert run.code == 0, run.stdout + run.stderr
     assert [c["status"] for c in run.components.values()] == ["unchanged"] * 3
     assert cluster.writes() == []
+
+
+# ---------------------------------------------------------------------------
+# an image per workload, through the real registry and the simulated cluster
+# ---------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_images_one_pushed_one_not_then_both(registry, cluster):
+    """One probe line per image; one of them not pushed: exit 3 and nothing written;
+    both pushed: each workload at its own image, pinned to its own digest."""
+    server, worker = new_tag(), new_tag()
+    server_image = image_of(server, "noetl/noetl-server-rust")
+    worker_image = image_of(worker, "noetl/noetl-worker-rust")
+    server_digest = registry.push_image("noetl/noetl-server-rust", server)
+    cluster.noetl()
+    payload = cluster.payload(**probe_payload(registry, None, probe="auto", pin_digest=True))
+    del payload["image"]
+    payload["images"] = {"noetl-server": server_image, "noetl-worker": worker_image}
+    payload["ghcr_probe_sleep_seconds"] = 0.2
+    run = cluster.bump(payload)
+    assert run.code == 3, run.stdout + run.stderr
+    assert [(e["image"], e["status"]) for e in run.event("probe")] == [
+        (server_image, "available"), (worker_image, "unavailable")]
+    assert [e["event"] for e in run.events] == ["probe", "probe", "summary"]
+    assert run.summary["image"] is None and run.summary["exit_code"] == 3
+    assert cluster.api_requests() == []
+    worker_digest = registry.push_image("noetl/noetl-worker-rust", worker)
+    cluster.sim.set_digest(server_image + "@" + server_digest, server_digest)
+    cluster.sim.set_digest(worker_image + "@" + worker_digest, worker_digest)
+    run = cluster.bump(payload)
+    assert run.code == 0, run.stdout + run.stderr
+    assert [e["digest"] for e in run.event("probe")] == [server_digest, worker_digest]
+    server_comp, worker_comp = run.components["noetl-server"], run.components["noetl-worker"]
+    assert server_comp["image"] == server_image + "@" + server_digest
+    assert worker_comp["image"] == worker_image + "@" + worker_digest
+    assert server_comp["verified"] is True and worker_comp["verified"] is True, run.stderr
+    assert cluster.image("noetl-server", "server") == server_image + "@" + server_digest
+    assert cluster.image("noetl-worker", "worker") == worker_image + "@" + worker_digest
+    # its init container runs another repository (noetl/noetl): the only regular
+    # container is the one to update, the init container is left alone
+    assert cluster.image("noetl-worker", "wait-for-api") == OLD
+    assert cluster.image("ollama-bridge", "bridge") == OLD          # not among the images
+    assert run.summary["images"] == {"noetl-server": server_image,
+                                     "noetl-worker": worker_image}
