@@ -3414,10 +3414,11 @@ def argument_parser(out):
     """The command line's parser; help and errors go to ``out``."""
     parser = ArgumentParser(
         out, prog="bump_image", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Move Kubernetes workloads (default: the Deployments %s in namespace %s)"
-                    " to new container images: probe the registry, set the image where"
-                    " needed, wait for the rollouts, report JSON lines." % (
-                        ", ".join(DEFAULT_DEPLOYMENTS), DEFAULT_NAMESPACE),
+        description=textwrap.fill(
+            "Move Kubernetes workloads (default: the Deployments %s in namespace %s) to new"
+            " container images: probe the registry, set the image where needed, wait for the"
+            " rollouts, report JSON lines." % (", ".join(DEFAULT_DEPLOYMENTS),
+                                               DEFAULT_NAMESPACE), 79),
         epilog=payload_help() + "\n\nExit codes: 0 ok, 1 a component failed or none was"
                " found, 2 bad input,\n3 image unavailable, 4 kubectl missing or wrong"
                " context, 130/143 interrupted.")
