@@ -154,6 +154,28 @@ def ms(seconds):
     return "%.1f ms" % (seconds * 1000.0)
 
 
+def interleaved(cases, n, env, seed):
+    """Run each command of ``cases`` (name -> argv) ``n`` times, interleaved in a
+    shuffled order; returns ``(wall seconds, CPU seconds)``, each name -> [runs]."""
+    times = {k: [] for k in cases}
+    cpu = {k: [] for k in cases}
+    order = list(cases)
+    rng = random.Random(seed)
+    for _ in range(n):
+        rng.shuffle(order)
+        for key in order:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            # no timeout=: with one, subprocess waits by polling with sleeps of up to
+            # 50 ms, which would round every wall time up to that grid
+            subprocess.run(cases[key], cwd=TOOL_DIR, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=True)
+            times[key].append(time.perf_counter() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[key].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return times, cpu
+
+
 def verb(line):
     """'get deployment', 'patch deployment', 'rollout status', 'get
     deployments,replicasets,pods' ... from a kubectl argv (names left out: `get
@@ -521,21 +543,7 @@ class Bench:
             if not label:
                 cases["script --help"] = [py, TOOL, "--help"]
                 cases["-m --help"] = [py, "-m", "bump_image", "--help"]
-        times = {k: [] for k in cases}
-        cpu = {k: [] for k in cases}
-        order = list(cases)
-        rng = random.Random(7)
-        for _ in range(n):
-            rng.shuffle(order)
-            for key in order:
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                started = time.perf_counter()
-                subprocess.run(cases[key], cwd=TOOL_DIR, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, check=True)
-                times[key].append(time.perf_counter() - started)
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cpu[key].append(after.ru_utime + after.ru_stime
-                                - before.ru_utime - before.ru_stime)
+        times, cpu = interleaved(cases, n, env, seed=7)
         med = {k: median(v) for k, v in times.items()}
         detail = []
         for key in cases:
@@ -1364,23 +1372,7 @@ with open(out, "w") as fh:
                 statuses = [e.get("status") for e in map(json.loads, done.stdout.splitlines())
                             if e.get("event") == "component"]
                 assert statuses == ["unchanged"] * 3, statuses
-        times = {k: [] for k in cases}
-        cpu = {k: [] for k in cases}
-        order = list(cases)
-        rng = random.Random(9)
-        for _ in range(n):
-            rng.shuffle(order)
-            for key in order:
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                started = time.perf_counter()
-                # no timeout=: with one, subprocess waits by polling with sleeps of up to
-                # 50 ms, which would round every wall time up to that grid
-                subprocess.run(cases[key], cwd=TOOL_DIR, env=c.env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, check=True)
-                times[key].append(time.perf_counter() - started)
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cpu[key].append(after.ru_utime + after.ru_stime
-                                - before.ru_utime - before.ru_stime)
+        times, cpu = interleaved(cases, n, c.env, seed=9)
         med = {k: median(v) for k, v in times.items()}
         k = med["kubectl get"]
         for key, shown in (("script", "`python3 bump_image.py`"),
