@@ -3157,13 +3157,15 @@ class Engine:
                     next_read = self.clock() + interval
                     if due is not None:
                         next_read = min(next_read, due)
+                left = [w for w in waits if not w.finished]
                 if batch is not None and any(w.finished for w in batch.waits):
                     if not batch.stopped:
                         batch.stopped = True
                         self.kubectl.kill(batch.tag)
-                elif batch is None:
-                    batch = self.start_batch([w for w in waits if not w.finished][:CHUNK])
-                batch.done.wait(_POLL)
+                elif batch is None and left:
+                    batch = self.start_batch(left[:CHUNK])
+                if batch is not None:
+                    batch.done.wait(_POLL)
         finally:
             if batch is not None and not batch.done.is_set():
                 self.kubectl.kill(batch.tag)

@@ -616,3 +616,43 @@ def test_the_deadline_cuts_the_probe_and_nothing_changes(env):
     assert probe["attempts"] == opener.calls and 2 <= opener.calls <= 5
     assert kubectl.calls == []
     assert [e["event"] for e in run.events] == ["probe", "summary"]
+
+
+class Clock:
+    """A clock that moves only when told to."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class TimesOutAtOnce(FakeKubectl):
+    """kubectl whose rollout status returns kubectl's own time-out at once, while the
+    clock jumps past every deadline (kubectl's --timeout and ours end together)."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def __call__(self, argv, timeout, env=None, tag=None):
+        if "rollout" in argv:
+            self.calls.append(list(argv))
+            self.clock.now += 1000
+            return Completed(1, "", "error: timed out waiting for the condition\n")
+        return super().__call__(argv, timeout, env=env, tag=tag)
+
+
+def test_a_batch_that_times_out_with_every_deadline_ends_every_wait(env):
+    """The batch ends (kubectl's time-out on the first) in the same instant as every
+    other wait's deadline: each gets rollout_timeout; no empty batch is started."""
+    clock = Clock()
+    kubectl = TimesOutAtOnce(clock)
+    run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never", "parallel": True,
+                                            "rollout_timeout_seconds": 60})],
+                  runner=kubectl, env=env, clock=clock)
+    assert run.code == 1, run.stdout
+    assert [(c["status"], c["error"]["code"]) for c in run.event("component")] == [
+        ("error", "rollout_timeout")] * 3
+    assert kubectl.verbs().count("rollout status noetl-server noetl-worker ollama-bridge") == 1
