@@ -2556,6 +2556,11 @@ class Component:
         return self.workload.name
 
     @property
+    def expected(self):
+        """``{container: image}`` that its pods run once its change has rolled out."""
+        return dict.fromkeys(self.containers, self.image)
+
+    @property
     def target(self):
         """The target as an ``ImageRef`` (pinned with pin_digest, so that a rerun
         finds ``repo:tag@digest`` already in place)."""
@@ -2839,9 +2844,11 @@ class Engine:
         at once); every probe ends before anything changes."""
         settings = self.settings
         results = {}
+        opener = self.opener
         for ref in settings.images:
             if will_probe(ref, settings.probe):
-                opener = self.opener if self.opener is not None else default_opener(env=self.env)
+                if opener is None:      # one for every probe: its sockets are per thread
+                    opener = default_opener(env=self.env)
                 self.probers[ref] = RegistryProbe(
                     ref, settings, opener, self.sleeper, self.clock, self.env, self.log,
                     self.http_timeout, deadline=self.deadline, stopped=self.stop.is_set)
@@ -3037,8 +3044,7 @@ class Engine:
         deadline, by_run = self.clock() + timeout, False
         if self.deadline is not None and self.deadline < deadline:
             deadline, by_run = self.deadline, True
-        expected = comp.previous if purpose == "rollback" else dict.fromkeys(
-            comp.containers, comp.image)
+        expected = comp.previous if purpose == "rollback" else comp.expected
         return _Wait(comp, deadline, timeout, purpose, expected, by_run)
 
     def settle(self, waits):
@@ -3299,9 +3305,8 @@ class Engine:
             return
         _, replicasets, pods = state
         for comp in todo:
-            expected = dict.fromkeys(comp.containers, comp.image)
             comp.verified, reason = verify_pods(
-                new_pods(comp.uid, expected, replicasets, pods), comp.containers,
+                new_pods(comp.uid, comp.expected, replicasets, pods), comp.containers,
                 comp.target, comp.digest)
             self.log("%s: verification: %s" % (comp.workload.key, reason))
 

@@ -42,6 +42,17 @@ class _Parser:
         self.state = "head"
         self.remaining = 0
 
+    def _take_body(self):
+        """Pass on what has arrived of the current body (at most ``remaining``);
+        False when nothing has."""
+        take = min(self.remaining, len(self.buf))
+        if not take:
+            return False
+        self.buf = self.buf[take:]
+        self.remaining -= take
+        self.on_body(take)
+        return True
+
     def feed(self, data):
         self.buf += data
         while True:
@@ -69,12 +80,8 @@ class _Parser:
                 else:
                     self.on_end()
             elif state == "length":
-                if not buf:
+                if not self._take_body():
                     return
-                take = min(self.remaining, len(buf))
-                self.buf = buf[take:]
-                self.remaining -= take
-                self.on_body(take)
                 if not self.remaining:
                     self.state = "head"
                     self.on_end()
@@ -89,12 +96,8 @@ class _Parser:
                 else:
                     self.state = "trailer"
             elif state == "chunk-data":
-                if not buf:
+                if not self._take_body():
                     return
-                take = min(self.remaining, len(buf))
-                self.buf = buf[take:]
-                self.remaining -= take
-                self.on_body(take)
                 if not self.remaining:
                     self.state = "chunk-crlf"
             elif state == "chunk-crlf":
