@@ -134,6 +134,13 @@ then the app containers start.  Modes (optional keys: ``delay`` seconds before
 the mode shows, ``message`` to override the default message):
 
 ``ready``              running and ready after ``delay`` (default 0.3 s)
+``not_ready``          running (``started: true``, pod ``Running``) but never ready, as
+                       with a failing readiness probe: Ready/ContainersReady False,
+                       ``ContainersNotReady``, ``containers with unready status: [NAME]``;
+                       a Deployment's rollout never completes.  ``restart_interval``
+                       (seconds): also restarted that often, as a failing liveness probe
+                       does (``restartCount`` grows, ``lastState.terminated`` exit code 1
+                       or ``exit_code``, reason ``Error``)
 ``hang``               stays ``ContainerCreating`` (pod Pending) forever
 ``image_pull_backoff`` waiting ``ErrImagePull``, 0.5 s later ``ImagePullBackOff``
                        (``Back-off pulling image "X"``)
@@ -356,7 +363,8 @@ DAEMONSET_TOLERATIONS = (
     ("node.kubernetes.io/pid-pressure", "NoSchedule"),
     ("node.kubernetes.io/unschedulable", "NoSchedule"),
 )
-MODES = ("ready", "hang", "image_pull_backoff", "crash_loop", "config_error", "replica_failure")
+MODES = ("ready", "not_ready", "hang", "image_pull_backoff", "crash_loop", "config_error",
+         "replica_failure")
 DEFAULT_BEHAVIOUR = {"mode": "ready", "delay": 0.3}
 HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -1384,6 +1392,11 @@ def normalize_behaviour(behaviour):
         raise ValueError("unknown behaviour mode %r (known: %s)" % (out["mode"], ", ".join(MODES)))
     out["delay"] = float(out.get("delay", DEFAULT_BEHAVIOUR["delay"] if out["mode"] == "ready"
                                  else 0.1))
+    if out.get("restart_interval") is not None:
+        out["restart_interval"] = float(out["restart_interval"])
+        if out["restart_interval"] <= 0:
+            raise ValueError("restart_interval must be positive, got %r"
+                             % (behaviour["restart_interval"],))
     return out
 
 
@@ -2654,6 +2667,8 @@ class Cluster(WorkloadHistory, StatefulSetController, DaemonSetController):
             base["state"] = {"waiting": {"reason": "CreateContainerConfigError",
                                          "message": message or 'secret "app-secrets" not found'}}
             return base, "waiting", None
+        if mode == "not_ready":
+            return self._not_ready(pod, base, behaviour, local_t, began), "running", None
         # crash_loop
         interval = float(behaviour.get("interval", 1.0))
         restarts = int((local_t - delay) / interval)
@@ -2673,6 +2688,28 @@ class Cluster(WorkloadHistory, StatefulSetController, DaemonSetController):
                 name, pod["metadata"]["name"], pod["metadata"]["namespace"],
                 pod["metadata"]["uid"]))}}
         return base, "running", None
+
+    def _not_ready(self, pod, base, behaviour, local_t, began):
+        """A container that runs but whose readiness probe fails: ``started`` and
+        running, never ``ready`` (the pod stays Running with Ready and
+        ContainersReady False).  With ``restart_interval`` its liveness probe fails
+        too: the kubelet kills and restarts it every that many seconds, so
+        ``restartCount`` grows and ``lastState.terminated`` shows the killed run."""
+        uid, name = pod["metadata"]["uid"], base["name"]
+        interval = behaviour.get("restart_interval")
+        restarts = int((local_t - behaviour["delay"]) / interval) if interval else 0
+        current_start = began + restarts * interval if interval else began
+        if interval:
+            self.wake(current_start + interval)
+        base.update(imageID=self.image_id(base["image"]), restartCount=restarts, started=True,
+                    containerID=_container_id(uid, name, restarts),
+                    state={"running": {"startedAt": iso(current_start)}})
+        if restarts:
+            base["lastState"] = {"terminated": {
+                "exitCode": int(behaviour.get("exit_code", 1)), "reason": "Error",
+                "startedAt": iso(current_start - interval), "finishedAt": iso(current_start),
+                "containerID": _container_id(uid, name, restarts - 1)}}
+        return base
 
     @staticmethod
     def _initializing(container):

@@ -386,6 +386,62 @@ def test_replica_failure_condition(kubectl, sim):
     assert new_rs["status"]["conditions"][0]["reason"] == "FailedCreate"
 
 
+def test_not_ready_pods_run_but_never_become_ready(kubectl, sim):
+    """A failing readiness probe (and, with restart_interval, a failing liveness probe)."""
+    sim.add_deployment("web", containers=[{"name": "app", "image": "repo/web:1"}], replicas=2)
+    sim.add_deployment("api", containers=[{"name": "app", "image": "repo/api:1"}])
+    sim.set_image_behaviour("repo/web:2", {"mode": "not_ready", "delay": 0.1})
+    sim.set_image_behaviour("repo/api:2", {"mode": "not_ready", "delay": 0.1,
+                                           "restart_interval": 0.3})
+    kubectl.ok("set", "image", "deployment/web", "app=repo/web:2", "-n", NS)
+    kubectl.ok("set", "image", "deployment/api", "app=repo/api:2", "-n", NS)
+    result = kubectl("rollout", "status", "deployment/web", "-n", NS, "--timeout=1s")
+    assert result.returncode == 1
+    assert "error: timed out waiting for the condition" in result.stderr
+
+    def new_pod(_sim, app, restarts=0):
+        for pod in _sim.list("pods", NS, "app=" + app):
+            statuses = pod["status"].get("containerStatuses") or [{}]
+            if statuses[0].get("image") == "repo/%s:2" % app and \
+                    "running" in statuses[0].get("state", {}) and \
+                    statuses[0]["restartCount"] >= restarts:
+                return pod["metadata"]["name"]
+        return None
+
+    web = sim.wait_for(lambda s: new_pod(s, "web"), timeout=5, what="a running web:2 pod")
+    api = sim.wait_for(lambda s: new_pod(s, "api", 2), timeout=10, what="api:2 restarted twice")
+    pods = {item["metadata"]["name"]: item
+            for item in kubectl.json("get", "pods", "-n", NS)["items"]}
+    for name in (web, api):
+        pod = pods[name]
+        assert pod["status"]["phase"] == "Running"
+        status = pod["status"]["containerStatuses"][0]
+        assert (status["ready"], status["started"]) == (False, True)
+        assert "running" in status["state"]
+        conditions = {c["type"]: c for c in pod["status"]["conditions"]}
+        for ctype in ("Ready", "ContainersReady"):
+            assert conditions[ctype]["status"] == "False"
+            assert conditions[ctype]["reason"] == "ContainersNotReady"
+            assert conditions[ctype]["message"] == "containers with unready status: [app]"
+        assert conditions["Initialized"]["status"] == "True"
+    web_status = pods[web]["status"]["containerStatuses"][0]
+    assert web_status["restartCount"] == 0 and web_status["lastState"] == {}
+    api_status = pods[api]["status"]["containerStatuses"][0]
+    assert api_status["restartCount"] >= 2
+    terminated = api_status["lastState"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (1, "Error")
+    assert terminated["containerID"] != api_status["containerID"]
+    time.sleep(0.3)
+    for app in ("web", "api"):  # the old pods stay: maxUnavailable 25 % of 1-2 rounds down to 0
+        status = sim.get("deployment", app, NS)["status"]
+        replicas = sim.get("deployment", app, NS)["spec"]["replicas"]
+        assert status["availableReplicas"] == replicas
+        assert status["updatedReplicas"] == 1 and status["unavailableReplicas"] == 1
+        assert not k8s_sim.Cluster.is_complete(sim.get("deployment", app, NS))
+    with pytest.raises(k8s_sim.SimError):
+        sim.set_image_behaviour("repo/x:1", {"mode": "not_ready", "restart_interval": 0})
+
+
 # --------------------------------------------------------------------------
 # History and undo
 # --------------------------------------------------------------------------
