@@ -34,14 +34,15 @@ Sections of this file (each starts with a ``# ----`` banner), in order
 5. Resource types, errors, defaults, validation - the served kinds, API-server defaulting
 6. Object store with watch support - objects, resourceVersions, event history, watchers
 7. Behaviours - what a simulated container does (ready, hang, image_pull_backoff, ...)
-8. ControllerRevision history and pods of StatefulSets/DaemonSets - shared by 9 and 10
+8. ControllerRevision history and pods of StatefulSets/DaemonSets - shared by 9 and 11
 9. StatefulSet controller (a mixin of the Cluster)
-10. DaemonSet controller (a mixin of the Cluster)
-11. The Cluster: control loop, Deployment and ReplicaSet controllers, kubelet
-12. The simulator state shared by the HTTP handlers - admin operations (add_*, reset, ...)
-13. HTTP layer - routing, the admin API, the Kubernetes API (list, watch, write, scale)
-14. Test-side helpers: client, process control, kubeconfig - SimClient, start_sim, ...
-15. Script entry point - main()
+10. Nodes - Node objects, node affinity, taints and tolerations (what 11 places pods by)
+11. DaemonSet controller (a mixin of the Cluster)
+12. The Cluster: control loop, Deployment and ReplicaSet controllers, kubelet
+13. The simulator state shared by the HTTP handlers - admin operations (add_*, reset, ...)
+14. HTTP layer - routing, the admin API, the Kubernetes API (list, watch, write, scale)
+15. Test-side helpers: client, process control, kubeconfig - SimClient, start_sim, ...
+16. Script entry point - main()
 
 What is simulated
 -----------------
@@ -53,7 +54,8 @@ What is simulated
   ``/api/v1`` and ``/apis/apps/v1`` (nothing on stderr).  ``/openapi/*`` and every
   unknown path answer a 404 ``Status``; none of the commands below needs OpenAPI.
 * Resources: v1 Namespaces (``default``, ``kube-system`` and ``noetl`` always
-  exist), v1 Pods, apps/v1 Deployments, ReplicaSets, StatefulSets (short name
+  exist), v1 Nodes (cluster-scoped, short name ``no``; see below), v1 Pods, apps/v1
+  Deployments, ReplicaSets, StatefulSets (short name
   ``sts``), DaemonSets (``ds``) - these five with a ``/status`` subresource and in
   the ``all`` category - and ControllerRevisions:
   GET, LIST (``labelSelector`` with ``=``, ``==``, ``!=``, ``in``, ``notin``,
@@ -101,11 +103,31 @@ What is simulated
   ``readyReplicas``, ``currentReplicas``, ``updatedReplicas``,
   ``availableReplicas`` (``minReadySeconds``), ``currentRevision``,
   ``updateRevision``, ``observedGeneration``, ``collisionCount``.
-* DaemonSet controller (after pkg/controller/daemon): N simulated nodes
-  ``sim-node-1`` ... (default 3, ``set_nodes``; not API objects), one pod
-  ``<name>-<5 chars>`` per node with ``nodeName``, a node affinity on
-  ``metadata.name``, the DaemonSet tolerations and labels ``controller-revision-hash:
-  <hash>`` and ``pod-template-generation``; pods of removed nodes are deleted.
+* Nodes: v1 Node objects ``sim-node-1`` ... ``sim-node-3`` by default; ``set_nodes``
+  takes a count or a list of specs ``{"name", "labels", "taints"}``.  Each node has
+  what a kubelet registers: labels ``kubernetes.io/os=linux``, ``kubernetes.io/arch=
+  amd64``, ``kubernetes.io/hostname=<name>`` and the deprecated ``beta.kubernetes.io/
+  os``/``arch`` (a spec's labels win; the ``beta.`` ones follow the GA ones),
+  ``status.nodeInfo`` (``operatingSystem``/``architecture`` from those labels,
+  ``kubeletVersion`` the server version at creation), ``Ready`` True (no pressure),
+  an ``InternalIP`` (``10.0.0.<9+n>`` for ``...-n``; pods report it as ``hostIP``),
+  ``spec.taints`` from the spec.  GET, LIST, WATCH; writes go through the generic
+  handlers (``kubectl label node`` works), but no kubelet fills in a node created
+  through the API.
+* DaemonSet controller (after pkg/controller/daemon): one pod ``<name>-<5 chars>``
+  on every Node the pod template fits (daemon.NodeShouldRunDaemonPod): its
+  ``spec.nodeName`` if set, ``spec.nodeSelector`` (every label equal), the required
+  node affinity (``nodeSelectorTerms`` ORed; ``matchExpressions`` ANDed with In,
+  NotIn, Exists, DoesNotExist, Gt, Lt; ``matchFields`` on ``metadata.name``; an
+  empty or unparsable term matches nothing) and the node's NoSchedule/NoExecute
+  taints tolerated by the template's tolerations plus the controller's own
+  (``DAEMONSET_TOLERATIONS``).  A pod already on a node that gained an untolerated
+  NoSchedule taint stays (counted in ``numberMisscheduled``); an untolerated
+  NoExecute taint, a removed node or a no longer matching selector deletes it.
+  ``desiredNumberScheduled`` counts the fitting nodes only.  Pods get ``nodeName``,
+  a node affinity on ``metadata.name`` (replacing the template's required terms),
+  the DaemonSet tolerations and labels ``controller-revision-hash: <hash>`` and
+  ``pod-template-generation``.
   RollingUpdate honours ``maxUnavailable`` (delete old pods within it, then
   create) and ``maxSurge`` (start a new pod next to the old one, delete the old
   one when the new one is available); OnDelete as above.  Status:
@@ -172,7 +194,8 @@ Admin API (JSON in and out; not recorded in the request log; wrapped by SimClien
                                               with its ReplicaSets, ControllerRevisions, pods
 ``PUT    /_sim/behaviours/{ns}/{name}``        ``{"behaviour": {...} | null, "kind":
                                               "Deployment" | "StatefulSet" | "DaemonSet"}``
-``PUT    /_sim/nodes`` / ``GET``                ``{"count": n}`` -> ``{"nodes": [names]}``
+``PUT    /_sim/nodes`` / ``GET``                ``{"count": n}`` or ``{"nodes": [{"name", "labels",
+                                              "taints"} | name, ...]}`` -> ``{"nodes": [names]}``
 ``PUT    /_sim/image-behaviours``              ``{"image": ..., "behaviour": {...} | null}``
 ``PUT    /_sim/digests``                       ``{"image": ..., "digest": ...}``
 ``PUT    /_sim/server-version``                ``{"version": "1.29.3"}``
@@ -296,9 +319,11 @@ selectors and strategic-merge keys cover the common cases only; watches replay
 from a history of the last 20000 events (older ``resourceVersion`` -> 410).
 StatefulSets have no volumes (``volumeClaimTemplates`` are stored, not acted
 on), no ``maxUnavailable`` (the MaxUnavailableStatefulSet gate) and no
-``ordinals.start``; DaemonSets ignore node selectors, affinities and taints
-(every node runs a pod); nodes are not API objects; pods of all workloads
-report the same fixed IP scheme (hostIP follows the node).
+``ordinals.start``; only DaemonSet pods are placed by node selectors, affinities
+and taints (ReplicaSet pods run on ``sim-node-1``, StatefulSet pods round-robin
+over the nodes, whatever their constraints); ``spec.unschedulable`` (``kubectl
+cordon``) is stored but no taint follows from it, and no node ever turns NotReady;
+pods of all workloads report the same fixed IP scheme (hostIP follows the node).
 """
 from __future__ import annotations
 
@@ -915,6 +940,7 @@ class ResourceType:
 
 
 NAMESPACES = ResourceType("", "namespaces", "Namespace", False, ["ns"])
+NODES = ResourceType("", "nodes", "Node", False, ["no"])
 PODS = ResourceType("", "pods", "Pod", True, ["po"], ["all"])
 DEPLOYMENTS = ResourceType("apps", "deployments", "Deployment", True, ["deploy"], ["all"])
 REPLICASETS = ResourceType("apps", "replicasets", "ReplicaSet", True, ["rs"], ["all"])
@@ -923,8 +949,8 @@ DAEMONSETS = ResourceType("apps", "daemonsets", "DaemonSet", True, ["ds"], ["all
 CONTROLLERREVISIONS = ResourceType("apps", "controllerrevisions", "ControllerRevision", True, [])
 # Discovery order: apps/v1 alphabetical, as a real API server lists it (and so
 # ``kubectl get all`` prints daemonsets, deployments, replicasets, statefulsets).
-RESOURCE_TYPES = (NAMESPACES, PODS, CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, REPLICASETS,
-                  STATEFULSETS)
+RESOURCE_TYPES = (NAMESPACES, NODES, PODS, CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS,
+                  REPLICASETS, STATEFULSETS)
 WORKLOADS = (DEPLOYMENTS, STATEFULSETS, DAEMONSETS)  # what pods' behaviours are keyed by
 BY_GROUP_PLURAL = {(t.group, t.plural): t for t in RESOURCE_TYPES}
 
@@ -1001,6 +1027,10 @@ def apply_defaults(rtype, obj):
         return obj
     if rtype is CONTROLLERREVISIONS:
         obj.setdefault("revision", 0)
+        return obj
+    if rtype is NODES:  # what a kubelet registers is made by make_node(); nothing to default
+        obj.setdefault("spec", {})
+        obj.setdefault("status", {})
         return obj
     spec = obj.setdefault("spec", {})
     if rtype is PODS:
@@ -1707,7 +1737,8 @@ class StatefulSetController:
         labels = clone((template.get("metadata") or {}).get("labels") or {})
         labels.update({CONTROLLER_REVISION_HASH: revision["metadata"]["name"],
                        STS_POD_NAME: name, POD_INDEX: str(ordinal)})
-        node = "sim-node-%d" % (ordinal % max(1, self.nodes) + 1)
+        names = self.node_names()
+        node = names[ordinal % len(names)] if names else "sim-node-1"
         pod = self.pod_from_template(sts, template, name, labels, node)
         pod["spec"]["hostname"] = name
         if sts["spec"].get("serviceName"):
@@ -1744,16 +1775,279 @@ class StatefulSetController:
 
 
 # --------------------------------------------------------------------------
+# Nodes: Node objects, node affinity, taints and tolerations
+# --------------------------------------------------------------------------
+
+NODE_SPEC_KEYS = frozenset(["name", "labels", "taints"])
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def natural_key(name):
+    """Sort key putting ``sim-node-2`` before ``sim-node-10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def node_ip(name, index):
+    """InternalIP of a node: ``10.0.0.(9 + n)`` for a name ending in a number n (what
+    pods on ``sim-node-n`` have always reported as hostIP), else by position."""
+    match = re.search(r"(\d+)$", name)
+    if match:
+        return "10.0.0.%d" % (9 + int(match.group(1)) % 240)
+    return "10.0.1.%d" % (index % 250 + 1)
+
+
+def normalize_node_specs(nodes):
+    """A node count or a list of node specs (or names) -> a list of specs.
+
+    A count n means ``sim-node-1`` ... ``sim-node-n``; a spec is ``{"name": ...,
+    "labels": {...}, "taints": [{"key", "value", "effect"}]}``.  Raises ValueError."""
+    if isinstance(nodes, int) and not isinstance(nodes, bool):
+        if nodes < 0:
+            raise ValueError("node count must be a non-negative integer, got %r" % (nodes,))
+        return [{"name": "sim-node-%d" % i} for i in range(1, nodes + 1)]
+    if not isinstance(nodes, list):
+        raise ValueError("nodes must be a count or a list of node specs, got %r" % (nodes,))
+    specs, seen = [], set()
+    for item in nodes:
+        spec = {"name": item} if isinstance(item, str) else item
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ValueError("a node spec needs a name: %r" % (item,))
+        unknown = set(spec) - NODE_SPEC_KEYS
+        if unknown:
+            raise ValueError("unknown node spec keys: %s" % ", ".join(sorted(unknown)))
+        if spec["name"] in seen:
+            raise ValueError("duplicate node name %r" % spec["name"])
+        seen.add(spec["name"])
+        labels = spec.get("labels") or {}
+        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in labels.items()):
+            raise ValueError("node labels must map strings to strings: %r" % (labels,))
+        taints = spec.get("taints") or []
+        if not isinstance(taints, list):
+            raise ValueError("node taints must be a list: %r" % (taints,))
+        for taint in taints:
+            if not isinstance(taint, dict) or not taint.get("key") or \
+                    taint.get("effect") not in TAINT_EFFECTS or \
+                    set(taint) - {"key", "value", "effect"}:
+                raise ValueError("a taint is {key, value, effect} with effect one of %s: %r"
+                                 % (", ".join(TAINT_EFFECTS), taint))
+        specs.append({"name": spec["name"], "labels": dict(labels),
+                      "taints": [dict(t) for t in taints]})
+    return specs
+
+
+def make_node(spec, index, kubelet_version, created):
+    """The v1 Node a kubelet registers for ``spec`` (see normalize_node_specs): the
+    labels the kubelet sets (``kubernetes.io/os``/``arch``/``hostname`` and their
+    deprecated ``beta.`` twins, the spec's labels winning), ``nodeInfo`` agreeing with
+    the os/arch labels, Ready and no pressure; ``created`` (RFC 3339) dates the
+    conditions, so the same spec always gives the same object."""
+    name = spec["name"]
+    labels = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+              "kubernetes.io/hostname": name}
+    labels.update(spec.get("labels") or {})
+    labels.setdefault("beta.kubernetes.io/os", labels["kubernetes.io/os"])
+    labels.setdefault("beta.kubernetes.io/arch", labels["kubernetes.io/arch"])
+    address = node_ip(name, index)
+    digest = hashlib.sha256(name.encode()).hexdigest()  # stable ids: same spec, same object
+    resources = {"cpu": "4", "ephemeral-storage": "102350Mi", "hugepages-2Mi": "0",
+                 "memory": "16384Mi", "pods": "110"}
+
+    def condition(ctype, status, reason, message):
+        return {"type": ctype, "status": status, "lastHeartbeatTime": created,
+                "lastTransitionTime": created, "reason": reason, "message": message}
+
+    node = {
+        "metadata": {
+            "name": name, "labels": labels,
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0",
+                            "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+        },
+        "spec": {"podCIDR": "10.244.%d.0/24" % (index % 250),
+                 "podCIDRs": ["10.244.%d.0/24" % (index % 250)]},
+        "status": {
+            "capacity": dict(resources), "allocatable": dict(resources),
+            "conditions": [
+                condition("MemoryPressure", "False", "KubeletHasSufficientMemory",
+                          "kubelet has sufficient memory available"),
+                condition("DiskPressure", "False", "KubeletHasNoDiskPressure",
+                          "kubelet has no disk pressure"),
+                condition("PIDPressure", "False", "KubeletHasSufficientPID",
+                          "kubelet has sufficient PID available"),
+                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            ],
+            "addresses": [{"type": "InternalIP", "address": address},
+                          {"type": "Hostname", "address": name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "machineID": digest[:32], "systemUUID": "%s-%s-%s-%s-%s" % (
+                    digest[32:40], digest[40:44], digest[44:48], digest[48:52], digest[52:64]),
+                "bootID": digest[:8] + "-boot",
+                "kernelVersion": "6.1.0-31-cloud-amd64",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "containerRuntimeVersion": "containerd://1.7.24",
+                "kubeletVersion": kubelet_version, "kubeProxyVersion": kubelet_version,
+                "operatingSystem": labels["kubernetes.io/os"],
+                "architecture": labels["kubernetes.io/arch"]},
+        },
+    }
+    if spec.get("taints"):
+        node["spec"]["taints"] = clone(spec["taints"])
+    return node
+
+
+def toleration_tolerates(toleration, taint):
+    """v1.Toleration.ToleratesTaint: an empty effect matches every effect, an empty
+    key (with Exists) every key; operator Equal (or empty) compares the value."""
+    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+        return False
+    if toleration.get("key") and toleration["key"] != taint.get("key"):
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if operator == "Equal":
+        return (toleration.get("value") or "") == (taint.get("value") or "")
+    return operator == "Exists"
+
+
+def untolerated_taint(taints, tolerations, effects):
+    """The first taint with one of ``effects`` no toleration tolerates, or None
+    (v1helper.FindMatchingUntoleratedTaint)."""
+    for taint in taints or []:
+        if taint.get("effect") in effects and \
+                not any(toleration_tolerates(t, taint) for t in tolerations or []):
+            return taint
+    return None
+
+
+class _BadRequirement(Exception):
+    """A node selector requirement the API would not parse: its term matches nothing."""
+
+
+def _requirement_matches(req, values_by_key, fields):
+    """One NodeSelectorRequirement against node labels (or, with ``fields``, against
+    the node's fields, where only In/NotIn with one value parse)."""
+    key, operator = req.get("key"), req.get("operator")
+    values = req.get("values") or []
+    if not key:
+        raise _BadRequirement()
+    if fields:
+        if operator not in ("In", "NotIn") or len(values) != 1:
+            raise _BadRequirement()
+        equal = values_by_key.get(key, "") == values[0]
+        return equal if operator == "In" else not equal
+    present = key in values_by_key
+    if operator in ("In", "NotIn"):
+        if not values:
+            raise _BadRequirement()
+        inside = present and values_by_key[key] in values
+        return inside if operator == "In" else not inside
+    if operator in ("Exists", "DoesNotExist"):
+        if values:
+            raise _BadRequirement()
+        return present if operator == "Exists" else not present
+    if operator in ("Gt", "Lt"):
+        try:
+            if len(values) != 1:
+                raise ValueError
+            bound = int(values[0])
+        except ValueError:
+            raise _BadRequirement() from None
+        try:
+            actual = int(values_by_key[key]) if present else None
+        except ValueError:
+            return False
+        if actual is None:
+            return False
+        return actual > bound if operator == "Gt" else actual < bound
+    raise _BadRequirement()
+
+
+def node_selector_term_matches(term, node):
+    """A NodeSelectorTerm: its matchExpressions (labels) and matchFields
+    (``metadata.name``) ANDed; an empty or unparsable term matches nothing."""
+    expressions = term.get("matchExpressions") or []
+    match_fields = term.get("matchFields") or []
+    if not expressions and not match_fields:
+        return False
+    labels = node["metadata"].get("labels") or {}
+    fields = {"metadata.name": node["metadata"]["name"]}
+    try:
+        results = [_requirement_matches(r, labels, False) for r in expressions] + \
+                  [_requirement_matches(r, fields, True) for r in match_fields]
+    except _BadRequirement:
+        return False
+    return all(results)
+
+
+def node_affinity_matches(pod_spec, node):
+    """nodeaffinity.GetRequiredNodeAffinity(pod).Match(node): ``nodeSelector`` (every
+    label equal) and the required node affinity's terms (ORed)."""
+    labels = node["metadata"].get("labels") or {}
+    for key, value in (pod_spec.get("nodeSelector") or {}).items():
+        if labels.get(key) != value:
+            return False
+    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution")
+    if required is None:
+        return True
+    return any(node_selector_term_matches(term, node)
+               for term in required.get("nodeSelectorTerms") or [])
+
+
+def daemon_pod_tolerations(pod_spec):
+    """The template's tolerations plus those the DaemonSet controller adds."""
+    tolerations = list(pod_spec.get("tolerations") or [])
+    for key, effect in DAEMONSET_TOLERATIONS:
+        if not any(t.get("key") == key and t.get("effect") == effect for t in tolerations):
+            tolerations.append({"key": key, "operator": "Exists", "effect": effect})
+    return tolerations
+
+
+def daemon_pod_placement(pod_spec, node):
+    """(should run, should continue running) of a DaemonSet's pod on ``node``
+    (daemon.NodeShouldRunDaemonPod): ``spec.nodeName``, node affinity, and the node's
+    NoSchedule/NoExecute taints against the pod's tolerations; a pod already there may
+    stay despite an untolerated NoSchedule taint, not a NoExecute one."""
+    name = node["metadata"]["name"]
+    if pod_spec.get("nodeName") not in (None, "", name):
+        return False, False
+    if not node_affinity_matches(pod_spec, node):
+        return False, False
+    taints = (node.get("spec") or {}).get("taints") or []
+    tolerations = daemon_pod_tolerations(pod_spec)
+    if untolerated_taint(taints, tolerations, ("NoSchedule", "NoExecute")) is not None:
+        return False, untolerated_taint(taints, tolerations, ("NoExecute",)) is None
+    return True, True
+
+
+# --------------------------------------------------------------------------
 # DaemonSet controller (mixin of Cluster)
 # --------------------------------------------------------------------------
 
 class DaemonSetController:
-    """pkg/controller/daemon: one pod per simulated node (``sim-node-1`` ...,
-    ``set_nodes``), RollingUpdate (maxUnavailable, maxSurge) or OnDelete.
-    A mixin of Cluster: ``self`` is the Cluster."""
+    """pkg/controller/daemon: one pod per Node the pod template fits (node selector,
+    required node affinity, taints and tolerations; ``set_nodes``), RollingUpdate
+    (maxUnavailable, maxSurge) or OnDelete.  A mixin of Cluster: ``self`` is the Cluster."""
+
+    def node_objects(self):
+        """The stored Nodes (read-only), in natural name order."""
+        return sorted(self.store.raw(NODES), key=lambda n: natural_key(n["metadata"]["name"]))
 
     def node_names(self):
-        return ["sim-node-%d" % i for i in range(1, self.nodes + 1)]
+        return [node["metadata"]["name"] for node in self.node_objects()]
+
+    def daemonset_nodes(self, ds):
+        """(names of the nodes that should run a pod of ``ds``, set of the names where
+        a pod already there may stay): daemon_pod_placement over every node."""
+        spec = (ds["spec"].get("template") or {}).get("spec") or {}
+        run, keep = [], set()
+        for node in self.node_objects():
+            should_run, should_continue = daemon_pod_placement(spec, node)
+            if should_run:
+                run.append(node["metadata"]["name"])
+            if should_continue:
+                keep.add(node["metadata"]["name"])
+        return run, keep
 
     @staticmethod
     def daemonset_budget(ds, desired):
@@ -1790,13 +2084,13 @@ class DaemonSetController:
             return
         revision_hash = current["metadata"]["labels"].get(CONTROLLER_REVISION_HASH)
         generation = str(daemonset_template_generation(ds))
-        nodes = self.node_names()
+        nodes, keep = self.daemonset_nodes(ds)
         if manage:
-            acted = self._manage_daemonset(ds, nodes, revision_hash, now)
+            acted = self._manage_daemonset(ds, nodes, keep, revision_hash, now)
             # Like the controller's expectations: roll only once creations/deletions are seen.
             if not acted and (ds["spec"].get("updateStrategy") or {}).get("type") == \
                     "RollingUpdate":
-                self._roll_daemonset(ds, nodes, revision_hash, generation, now)
+                self._roll_daemonset(ds, nodes, keep, revision_hash, generation, now)
         by_node = self.daemon_pods_by_node(ds)
         self._daemonset_status(ds, nodes, by_node, revision_hash, generation, collision, now)
         if manage:
@@ -1808,17 +2102,22 @@ class DaemonSetController:
                         in hashes)
             self.truncate_history(ds, revisions, live)
 
-    def _manage_daemonset(self, ds, nodes, revision_hash, now):
-        """manage/podsShouldBeOnNode: a pod on every node, extra pods deleted.
+    def _manage_daemonset(self, ds, nodes, keep, revision_hash, now):
+        """manage/podsShouldBeOnNode: a pod on every node in ``nodes`` (those that
+        should run one), extra pods deleted; pods on a node in ``keep`` stay (deduped),
+        pods on any other node (gone, or no longer fitting) are deleted.
         Returns whether anything was created or deleted."""
         surge, _ = self.daemonset_budget(ds, len(nodes))
         min_ready = ds["spec"].get("minReadySeconds", 0) or 0
         by_node = self.daemon_pods_by_node(ds)
         acted = False
-        for node in nodes:
+        staying = [n for n in sorted(keep, key=natural_key) if n not in nodes and by_node.get(n)]
+        for node in nodes + staying:
             pods = by_node.get(node, [])
             running = [p for p in pods if not _deleting(p)]
             if not running:
+                if node in staying:
+                    continue  # may keep a pod there, must not start one
                 if pods and not surge:
                     continue  # without surge, wait until the terminating pod is gone
                 acted = self._create_daemon_pod(ds, node, revision_hash, now) is not None or acted
@@ -1845,20 +2144,25 @@ class DaemonSetController:
                 self.terminate_pod(pod, now)
                 acted = True
         for node, pods in by_node.items():
-            if node not in nodes:  # the node is gone: so are its pods
+            if node not in nodes and node not in keep:  # gone or no longer fitting
                 for pod in pods:
                     if not _deleting(pod):
                         self.terminate_pod(pod, now)
                         acted = True
         return acted
 
-    def _roll_daemonset(self, ds, nodes, revision_hash, generation, now):
+    def _roll_daemonset(self, ds, nodes, keep, revision_hash, generation, now):
         """rollingUpdate: without surge, delete old pods within maxUnavailable (the
         manage pass then creates new ones); with surge, start new pods next to old
-        ones within maxSurge and delete an old pod once its replacement is available."""
+        ones within maxSurge and delete an old pod once its replacement is available.
+        The budgets scale with ``nodes`` (desiredNumberScheduled); the nodes of
+        ``keep`` that have pods are rolled too, as the controller rolls every node
+        with a daemon pod."""
         surge, max_unavailable = self.daemonset_budget(ds, len(nodes))
         min_ready = ds["spec"].get("minReadySeconds", 0) or 0
         by_node = self.daemon_pods_by_node(ds)
+        nodes = nodes + [n for n in sorted(keep, key=natural_key)
+                         if n not in nodes and by_node.get(n)]
 
         def split(pods):  # findUpdatedPodsOnNode -> (new, old, ok)
             new = old = None
@@ -1932,15 +2236,15 @@ class DaemonSetController:
         affinity.setdefault("nodeAffinity", {})["requiredDuringSchedulingIgnoredDuringExecution"] = {
             "nodeSelectorTerms": [{"matchFields": [
                 {"key": "metadata.name", "operator": "In", "values": [node]}]}]}
-        tolerations = spec.setdefault("tolerations", [])
-        for key, effect in DAEMONSET_TOLERATIONS:
-            if not any(t.get("key") == key and t.get("effect") == effect for t in tolerations):
-                tolerations.append({"key": key, "operator": "Exists", "effect": effect})
+        spec["tolerations"] = daemon_pod_tolerations(spec)
         return self.start_pod(pod, workload, now)
 
     def _daemonset_status(self, ds, nodes, by_node, revision_hash, generation, collision, now):
-        """updateDaemonSetStatus: per node, the oldest (non-terminating) pod counts."""
+        """updateDaemonSetStatus: per node that should run a pod, the oldest
+        (non-terminating) pod counts; an existing node that should not run one but has
+        one is misscheduled."""
         min_ready = ds["spec"].get("minReadySeconds", 0) or 0
+        existing = set(self.node_names())
         scheduled = ready = available = updated = misscheduled = 0
         for node in nodes:
             pods = [p for p in by_node.get(node, []) if not _deleting(p)]
@@ -1953,7 +2257,7 @@ class DaemonSetController:
                 available += self.available(pod, min_ready, now)
             updated += self.daemon_pod_updated(pod, revision_hash, generation)
         for node, pods in by_node.items():
-            if node not in nodes and any(not _deleting(p) for p in pods):
+            if node in existing and node not in nodes and any(not _deleting(p) for p in pods):
                 misscheduled += 1
         status = {"currentNumberScheduled": scheduled, "numberMisscheduled": misscheduled,
                   "desiredNumberScheduled": len(nodes), "numberReady": ready,
@@ -1982,7 +2286,6 @@ class Cluster(WorkloadHistory, StatefulSetController, DaemonSetController):
         self.pod_runtime = {}  # pod uid -> {"start", "init", "app", "ready_at"}
         self.progress_at = {}  # deployment uid -> epoch seconds of last progress
         self.instant = set()  # (kind, namespace, name) of workloads converging instantly
-        self.nodes = DEFAULT_NODES  # simulated nodes sim-node-1 ... (DaemonSets)
         self.null_creation_timestamp = True  # as a server before 1.34 encodes templates
         self._wake_at = float("inf")  # earliest time-based change seen by reconcile()
         self._stop = threading.Event()
@@ -2027,7 +2330,6 @@ class Cluster(WorkloadHistory, StatefulSetController, DaemonSetController):
         self.digests.clear()
         self.pod_runtime.clear()
         self.progress_at.clear()
-        self.nodes = DEFAULT_NODES
 
     # -- helpers ---------------------------------------------------------
     def digest_for(self, image):
@@ -2711,6 +3013,14 @@ class Cluster(WorkloadHistory, StatefulSetController, DaemonSetController):
                 "containerID": _container_id(uid, name, restarts - 1)}}
         return base
 
+    def host_ip(self, node_name):
+        """The InternalIP of the pod's Node (10.0.0.10 when it does not exist)."""
+        node = self.store.objects.get((NODES.plural, "", node_name))
+        for address in ((node or {}).get("status") or {}).get("addresses") or []:
+            if address.get("type") == "InternalIP":
+                return address["address"]
+        return node_ip(node_name, 1) if re.search(r"\d$", node_name) else "10.0.0.10"
+
     @staticmethod
     def _initializing(container):
         """Status of a container waiting for init containers to finish."""
@@ -2775,8 +3085,7 @@ class Cluster(WorkloadHistory, StatefulSetController, DaemonSetController):
                       ready_at or start),
             condition("PodScheduled", True, "", "", start),
         ]
-        node = re.search(r"(\d+)$", spec.get("nodeName") or "sim-node-1")
-        host_ip = "10.0.0.%d" % (9 + int(node.group(1)) % 240 if node else 10)
+        host_ip = self.host_ip(spec.get("nodeName") or "sim-node-1")
         status = {"phase": phase, "conditions": conditions, "hostIP": host_ip,
                   "podIP": "10.244.0.%d" % (1 + int(pod["metadata"]["uid"][:2], 16) % 250),
                   "startTime": started, "qosClass": "BestEffort",
@@ -2807,6 +3116,7 @@ class Simulator:
         self.stopping = threading.Event()
         for name in DEFAULT_NAMESPACES:
             self.store.create(NAMESPACES, apply_defaults(NAMESPACES, {"metadata": {"name": name}}))
+        self.set_nodes(DEFAULT_NODES)
 
     def version_info(self):
         major, minor, git = parse_version(self.server_version)
@@ -2834,6 +3144,7 @@ class Simulator:
                     self.store.delete(rtype, meta.get("namespace"), meta["name"])
             self.cluster.reset()
             self.set_server_version(self.default_version)
+            self.set_nodes(DEFAULT_NODES)
         with self.log_lock:
             self.request_log[:] = []
             self.faults[:] = []
@@ -2841,7 +3152,7 @@ class Simulator:
     WORKLOAD_KEYS = frozenset([
         "name", "namespace", "containers", "init_containers", "behaviour", "labels",
         "annotations", "template_annotations", "selector", "ready", "min_ready_seconds",
-        "revision_history_limit"])
+        "revision_history_limit", "node_selector", "tolerations", "affinity"])
     ADD_DEPLOYMENT_KEYS = WORKLOAD_KEYS | frozenset([
         "replicas", "paused", "progress_deadline_seconds", "strategy"])
     ADD_STATEFULSET_KEYS = WORKLOAD_KEYS | frozenset([
@@ -2853,7 +3164,8 @@ class Simulator:
         """The object the admin API's add_* keyword arguments describe: selector
         and pod labels ``selector`` (default ``app=<name>``), the object's own
         ``labels`` (default: the selector), ``annotations`` on the object and
-        ``template_annotations`` on its pod template."""
+        ``template_annotations`` on its pod template; ``node_selector``,
+        ``tolerations`` and ``affinity`` go into the pod spec."""
         unknown = set(spec) - keys
         if unknown:
             raise ValueError("unknown add_%s arguments: %s"
@@ -2870,6 +3182,10 @@ class Simulator:
         pod_spec = {"containers": clone(containers)}
         if spec.get("init_containers"):
             pod_spec["initContainers"] = clone(spec["init_containers"])
+        for key, field in (("node_selector", "nodeSelector"), ("tolerations", "tolerations"),
+                           ("affinity", "affinity")):
+            if spec.get(key):
+                pod_spec[field] = clone(spec[key])
         workload = {
             "metadata": {"name": name, "namespace": namespace,
                          "labels": dict(spec.get("labels") or selector),
@@ -2972,12 +3288,32 @@ class Simulator:
     def delete_deployment(self, namespace, name):
         self.delete_workload(DEPLOYMENTS, namespace, name)
 
-    def set_nodes(self, count):
-        """Simulate ``count`` nodes ``sim-node-1`` ... (DaemonSets run a pod on each)."""
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise ValueError("node count must be a non-negative integer, got %r" % (count,))
+    def set_nodes(self, nodes):
+        """Replace the Nodes: a count n gives ``sim-node-1`` ... ``sim-node-n``, a list
+        of specs ``{"name", "labels", "taints"}`` (or names) those nodes (see
+        make_node).  A node that stays keeps its uid and is only written when its
+        labels or taints change; removed nodes are deleted (and their daemon pods
+        with them).  Returns the node names."""
+        specs = normalize_node_specs(nodes)
         with self.store.lock:
-            self.cluster.nodes = count
+            kubelet = parse_version(self.server_version)[2]
+            wanted = {}
+            for index, spec in enumerate(specs, 1):
+                node = make_node(spec, index, kubelet, iso())
+                validate(NODES, node)
+                wanted[spec["name"]] = (index, spec, node)
+            for existing in self.store.list(NODES):
+                if existing["metadata"]["name"] not in wanted:
+                    self.store.delete(NODES, "", existing["metadata"]["name"])
+            for name, (index, spec, node) in wanted.items():
+                old = self.store.get(NODES, "", name)
+                if old is None:
+                    self.store.create(NODES, node)
+                    continue
+                node = make_node(spec, index, kubelet, old["metadata"]["creationTimestamp"])
+                node["metadata"].update({k: old["metadata"][k] for k in
+                                         ("uid", "resourceVersion", "creationTimestamp")})
+                self.store.update(NODES, node)  # not written when nothing changed
             self.store.changed.set()  # wake the controllers
             return self.cluster.node_names()
 
@@ -3237,7 +3573,8 @@ class Handler(BaseHTTPRequestHandler):
                 return 200, {"ok": True}
             if parts == ["nodes"]:
                 if method == "PUT":
-                    return 200, {"ok": True, "nodes": sim.set_nodes(body["count"])}
+                    nodes = body["nodes"] if "nodes" in body else body["count"]
+                    return 200, {"ok": True, "nodes": sim.set_nodes(nodes)}
                 return 200, {"nodes": sim.cluster.node_names()}
             if parts[:1] == ["behaviours"] and len(parts) == 3 and method == "PUT":
                 behaviour = normalize_behaviour(body.get("behaviour"))
@@ -3670,7 +4007,8 @@ class SimClient:
                        replicas=1, behaviour=None, paused=False, progress_deadline_seconds=600,
                        labels=None, annotations=None, ready=True, strategy=None,
                        min_ready_seconds=0, revision_history_limit=10,
-                       template_annotations=None, selector=None):
+                       template_annotations=None, selector=None, node_selector=None,
+                       tolerations=None, affinity=None):
         """Create a Deployment with selector and pod labels ``app=<name>``.
 
         ``containers``/``init_containers`` are lists of container specs
@@ -3680,6 +4018,8 @@ class SimClient:
         labels; ``annotations`` go on the Deployment, ``template_annotations``
         on its pod template (e.g. ``kubectl.kubernetes.io/default-container``);
         ``strategy`` is a ``spec.strategy`` such as ``{"type": "Recreate"}``;
+        ``node_selector``, ``tolerations`` and ``affinity`` go into the pod spec
+        (only the DaemonSet controller places pods by them);
         ``behaviour`` is the default behaviour of its pods.  With ``ready=True``
         revision 1 is rolled out and available on return, whatever the
         behaviour; with ``ready=False`` that first rollout runs in the
@@ -3692,13 +4032,15 @@ class SimClient:
             "labels": labels, "annotations": annotations, "ready": ready, "strategy": strategy,
             "min_ready_seconds": min_ready_seconds,
             "revision_history_limit": revision_history_limit,
-            "template_annotations": template_annotations, "selector": selector})
+            "template_annotations": template_annotations, "selector": selector,
+            "node_selector": node_selector, "tolerations": tolerations, "affinity": affinity})
 
     def add_statefulset(self, name, namespace="noetl", containers=None, init_containers=None,
                         replicas=1, update_strategy=None, partition=None,
                         pod_management_policy=None, behaviour=None, annotations=None,
                         template_annotations=None, labels=None, selector=None, ready=True,
-                        min_ready_seconds=0, revision_history_limit=10, service_name=None):
+                        min_ready_seconds=0, revision_history_limit=10, service_name=None,
+                        node_selector=None, tolerations=None, affinity=None):
         """Create a StatefulSet (pods ``<name>-0`` ...); the common keywords are
         those of ``add_deployment``.
 
@@ -3718,15 +4060,18 @@ class SimClient:
             "annotations": annotations, "template_annotations": template_annotations,
             "labels": labels, "selector": selector, "ready": ready,
             "min_ready_seconds": min_ready_seconds,
-            "revision_history_limit": revision_history_limit, "service_name": service_name})
+            "revision_history_limit": revision_history_limit, "service_name": service_name,
+            "node_selector": node_selector, "tolerations": tolerations, "affinity": affinity})
 
     def add_daemonset(self, name, namespace="noetl", containers=None, init_containers=None,
                       update_strategy=None, max_unavailable=None, max_surge=None,
                       behaviour=None, annotations=None, template_annotations=None, labels=None,
                       selector=None, ready=True, min_ready_seconds=0,
-                      revision_history_limit=10):
-        """Create a DaemonSet: one pod per simulated node (``set_nodes``); the
-        common keywords are those of ``add_deployment``.
+                      revision_history_limit=10, node_selector=None, tolerations=None,
+                      affinity=None):
+        """Create a DaemonSet: one pod per Node its pod template fits (``set_nodes``;
+        ``node_selector``, required node ``affinity``, the nodes' taints against
+        ``tolerations``); the common keywords are those of ``add_deployment``.
 
         ``update_strategy`` is ``"RollingUpdate"`` (default) / ``"OnDelete"`` or
         a whole ``spec.updateStrategy``; ``max_unavailable`` (default 1) and
@@ -3739,7 +4084,8 @@ class SimClient:
             "annotations": annotations, "template_annotations": template_annotations,
             "labels": labels, "selector": selector, "ready": ready,
             "min_ready_seconds": min_ready_seconds,
-            "revision_history_limit": revision_history_limit})
+            "revision_history_limit": revision_history_limit,
+            "node_selector": node_selector, "tolerations": tolerations, "affinity": affinity})
 
     def delete_deployment(self, name, namespace="noetl"):
         self._call("DELETE", "/_sim/deployments/%s/%s" % (namespace, name))
@@ -3751,8 +4097,14 @@ class SimClient:
         self._call("DELETE", "/_sim/daemonsets/%s/%s" % (namespace, name))
 
     def set_nodes(self, count):
-        """Simulate ``count`` nodes (default 3); returns their names ``sim-node-1`` ..."""
-        return self._call("PUT", "/_sim/nodes", {"count": count})["nodes"]
+        """Replace the Nodes (default: 3); returns their names.  ``count`` is a number n
+        (nodes ``sim-node-1`` ... ``sim-node-n``) or a list of node specs ``{"name":
+        ..., "labels": {...}, "taints": [{"key", "value", "effect"}]}`` (or plain
+        names); every node also gets the kubelet's labels (``kubernetes.io/os``,
+        ``arch``, ``hostname``, ...) unless its spec sets them."""
+        if isinstance(count, int) and not isinstance(count, bool):
+            return self._call("PUT", "/_sim/nodes", {"count": count})["nodes"]
+        return self._call("PUT", "/_sim/nodes", {"nodes": count})["nodes"]
 
     def nodes(self):
         return self._call("GET", "/_sim/nodes")["nodes"]

@@ -1181,6 +1181,212 @@ def test_statefulset_and_daemonset_admin_api(sim):
 
 
 # --------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------
+
+def test_nodes_are_api_objects(kubectl, sim):
+    nodes = kubectl.json("get", "nodes")["items"]
+    assert [n["metadata"]["name"] for n in nodes] == ["sim-node-1", "sim-node-2", "sim-node-3"]
+    node = kubectl.json("get", "no", "sim-node-2")
+    assert node["kind"] == "Node" and "namespace" not in node["metadata"]
+    assert node["metadata"]["labels"] == {
+        "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+        "kubernetes.io/hostname": "sim-node-2", "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": "amd64"}
+    info = node["status"]["nodeInfo"]
+    assert (info["operatingSystem"], info["architecture"]) == ("linux", "amd64")
+    ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"][0]
+    assert (ready["status"], ready["reason"]) == ("True", "KubeletReady")
+    assert {"type": "InternalIP", "address": "10.0.0.11"} in node["status"]["addresses"]
+
+    uid = node["metadata"]["uid"]
+    assert sim.set_nodes([
+        "sim-node-2",
+        {"name": "arm-1", "labels": {"kubernetes.io/arch": "arm64", "pool": "arm"},
+         "taints": [{"key": "arch", "value": "arm64", "effect": "NoSchedule"}]},
+    ]) == ["arm-1", "sim-node-2"]
+    assert sim.get("node", "sim-node-2", None)["metadata"]["uid"] == uid  # kept, not re-made
+    arm = kubectl.json("get", "nodes", "-l", "kubernetes.io/arch=arm64")["items"]
+    assert [n["metadata"]["name"] for n in arm] == ["arm-1"]
+    assert arm[0]["metadata"]["labels"]["beta.kubernetes.io/arch"] == "arm64"
+    assert arm[0]["status"]["nodeInfo"]["architecture"] == "arm64"
+    assert arm[0]["spec"]["taints"] == [{"key": "arch", "value": "arm64", "effect": "NoSchedule"}]
+    result = kubectl("get", "node", "sim-node-1")
+    assert result.returncode == 1
+    assert result.stderr.strip() == 'Error from server (NotFound): nodes "sim-node-1" not found'
+    kubectl.ok("label", "node", "sim-node-2", "pool=x86")
+    assert sim.get("node", "sim-node-2", None)["metadata"]["labels"]["pool"] == "x86"
+
+    resources = kubectl.ok("api-resources", "--api-group=", "-o", "name").split()
+    assert "nodes" in resources
+
+
+def test_node_watch_sees_set_nodes(sim):
+    url = sim.base_url + "/api/v1/nodes?watch=1&timeoutSeconds=5"
+    with urllib.request.urlopen(url, timeout=10) as stream:
+        first = [json.loads(stream.readline()) for _ in range(3)]
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in first] == [
+            ("ADDED", "sim-node-1"), ("ADDED", "sim-node-2"), ("ADDED", "sim-node-3")]
+        sim.set_nodes(4)
+        event = json.loads(stream.readline())
+        assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "sim-node-4")
+        assert event["object"]["kind"] == "Node"
+        sim.set_nodes(2)
+        events = [json.loads(stream.readline()) for _ in range(2)]
+        assert sorted((e["type"], e["object"]["metadata"]["name"]) for e in events) == [
+            ("DELETED", "sim-node-3"), ("DELETED", "sim-node-4")]
+    with urllib.request.urlopen(sim.base_url + "/api/v1", timeout=5) as resp:
+        resources = {r["name"]: r for r in json.loads(resp.read().decode())["resources"]}
+    assert resources["nodes"]["kind"] == "Node" and resources["nodes"]["namespaced"] is False
+    assert {"get", "list", "watch"} <= set(resources["nodes"]["verbs"])
+    assert resources["nodes"]["shortNames"] == ["no"]
+
+
+def daemon_nodes(sim, name):
+    return sorted(p["spec"]["nodeName"] for p in sim.list("pods", NS, "app=" + name)
+                  if not p["metadata"].get("deletionTimestamp"))
+
+
+def test_daemonset_places_pods_by_selector_affinity_and_taints(kubectl, sim):
+    sim.set_nodes([
+        {"name": "n1", "labels": {"disktype": "ssd", "rank": "3"}},
+        {"name": "n2", "labels": {"kubernetes.io/arch": "arm64"}},
+        {"name": "n3", "taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]},
+        {"name": "n4", "taints": [{"key": "gpu", "effect": "NoExecute"}]},
+        {"name": "n5", "labels": {"disktype": "hdd", "rank": "9"},
+         "taints": [{"key": "soft", "effect": "PreferNoSchedule"}]},
+    ])
+    arm = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]}}}
+    db_affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [  # ORed: n3 by name, or a rank above 2 and below 5 (n1)
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n3"]}]},
+            {"matchExpressions": [{"key": "rank", "operator": "Gt", "values": ["2"]},
+                                  {"key": "rank", "operator": "Lt", "values": ["5"]}]}]}}}
+    plain_disks = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "disktype", "operator": "NotIn", "values": ["ssd"]},
+            {"key": "kubernetes.io/os", "operator": "Exists"},
+            {"key": "legacy", "operator": "DoesNotExist"}]}]}}}
+    cases = {
+        "plain": ({}, ["n1", "n2", "n5"]),  # the tainted n3 and n4 are left out
+        "ssd": ({"node_selector": {"disktype": "ssd"}}, ["n1"]),
+        "arm": ({"affinity": arm}, ["n2"]),
+        "everywhere": ({"tolerations": [{"operator": "Exists"}]}, ["n1", "n2", "n3", "n4", "n5"]),
+        "db": ({"affinity": db_affinity, "tolerations": [
+            {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]},
+               ["n1", "n3"]),
+        "disks": ({"affinity": plain_disks}, ["n2", "n5"]),
+        "gpu": ({"tolerations": [{"key": "gpu", "operator": "Exists"}],
+                 "node_selector": {"kubernetes.io/hostname": "n4"}}, ["n4"]),
+    }
+    for name, (keywords, _) in cases.items():
+        sim.add_daemonset(name, containers=[{"name": "c", "image": "repo/%s:1" % name}],
+                          behaviour=READY_FAST, **keywords)
+    for name, (_, expected) in cases.items():
+        assert daemon_nodes(sim, name) == expected, name
+        status = sim.get("daemonsets", name, NS)["status"]
+        assert status["desiredNumberScheduled"] == status["numberAvailable"] == len(expected)
+        assert status["numberMisscheduled"] == 0
+    pod = sim.list("pods", NS, "app=ssd")[0]
+    assert pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] \
+        == {"nodeSelectorTerms": [{"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}
+    assert pod["status"]["hostIP"] == "10.0.0.10"
+
+    # a rollout of a constrained DaemonSet counts only the nodes it fits
+    kubectl.ok("set", "image", "ds/db", "c=repo/db:2", "-n", NS)
+    out = kubectl.ok("rollout", "status", "ds/db", "-n", NS, "--timeout=20s").splitlines()
+    assert out[-1] == 'daemon set "db" successfully rolled out'
+    assert {p["spec"]["containers"][0]["image"] for p in sim.list("pods", NS, "app=db")} == \
+        {"repo/db:2"}
+    assert daemon_nodes(sim, "db") == ["n1", "n3"]
+
+    # taints change: n1 gets NoSchedule (its pods stay, now misscheduled), n2 NoExecute
+    # (its pods go), n4 loses its NoExecute taint (plain pods come)
+    sim.set_nodes([
+        {"name": "n1", "labels": {"disktype": "ssd", "rank": "3"},
+         "taints": [{"key": "maintenance", "effect": "NoSchedule"}]},
+        {"name": "n2", "labels": {"kubernetes.io/arch": "arm64"},
+         "taints": [{"key": "broken", "effect": "NoExecute"}]},
+        {"name": "n3", "taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]},
+        {"name": "n4"},
+        {"name": "n5", "labels": {"disktype": "hdd", "rank": "9"}},
+    ])
+    sim.wait_for(lambda s: daemon_nodes(s, "plain") == ["n1", "n4", "n5"], timeout=5,
+                 what="plain pods off n2, onto n4, kept on n1")
+    sim.wait_for(lambda s: daemon_nodes(s, "arm") == [], timeout=5, what="arm pod evicted")
+    status = sim.get("daemonsets", "plain", NS)["status"]
+    assert (status["desiredNumberScheduled"], status["currentNumberScheduled"],
+            status["numberMisscheduled"]) == (2, 2, 1)
+    assert sim.get("daemonsets", "arm", NS)["status"]["desiredNumberScheduled"] == 0
+    assert daemon_nodes(sim, "everywhere") == ["n1", "n2", "n3", "n4", "n5"]
+
+
+def test_node_affinity_and_toleration_rules():
+    node = {"metadata": {"name": "n1", "labels": {"zone": "a", "rank": "7", "bad": "x"}}}
+
+    def term(*exprs, fields=()):
+        return {"matchExpressions": list(exprs), "matchFields": list(fields)}
+
+    def req(key, op, *values):
+        return {"key": key, "operator": op, "values": list(values)}
+
+    matches = k8s_sim.node_selector_term_matches
+    assert matches(term(req("zone", "In", "a", "b")), node)
+    assert not matches(term(req("zone", "NotIn", "a")), node)
+    assert matches(term(req("missing", "NotIn", "a")), node)  # absent counts as not in
+    assert matches(term(req("rank", "Gt", "6"), req("rank", "Lt", "8")), node)
+    assert not matches(term(req("missing", "Gt", "1")), node)
+    assert not matches(term(req("bad", "Gt", "1")), node)  # not a number: no match
+    assert not matches(term(req("rank", "Gt", "x")), node)  # unparsable: the term fails
+    assert not matches(term(req("zone", "In")), node)  # In without values: unparsable
+    assert not matches(term(req("zone", "Exists", "a")), node)  # Exists with values: unparsable
+    assert not matches(term(), node)  # an empty term selects nothing
+    assert matches(term(fields=[req("metadata.name", "In", "n1")]), node)
+    assert matches(term(fields=[req("metadata.name", "NotIn", "n2")]), node)
+    assert not matches(term(fields=[req("metadata.name", "In", "n1", "n2")]), node)  # one value
+    assert not matches(term(req("zone", "In", "a"), fields=[req("metadata.name", "In", "n2")]),
+                       node)
+    spec = {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [term(req("zone", "In", "b")), term(req("rank", "Exists"))]}}}}
+    assert k8s_sim.node_affinity_matches(spec, node)  # terms are ORed
+    spec["nodeSelector"] = {"zone": "b"}
+    assert not k8s_sim.node_affinity_matches(spec, node)
+    spec = {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": []}}}}
+    assert not k8s_sim.node_affinity_matches(spec, node)
+
+    tolerates = k8s_sim.toleration_tolerates
+    taint = {"key": "k", "value": "v", "effect": "NoSchedule"}
+    assert tolerates({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}, taint)
+    assert tolerates({"key": "k", "value": "v"}, taint)  # empty operator = Equal, any effect
+    assert not tolerates({"key": "k", "value": "w"}, taint)
+    assert not tolerates({"key": "k", "operator": "Exists", "effect": "NoExecute"}, taint)
+    assert tolerates({"key": "k", "operator": "Exists"}, taint)
+    assert tolerates({"operator": "Exists"}, taint)  # empty key with Exists: every taint
+    assert not tolerates({"key": "other", "operator": "Exists"}, taint)
+    placement = k8s_sim.daemon_pod_placement
+    tainted = dict(node, spec={"taints": [taint]})
+    assert placement({}, tainted) == (False, True)  # NoSchedule: an existing pod may stay
+    tainted["spec"]["taints"].append({"key": "node.kubernetes.io/unreachable",
+                                      "effect": "NoExecute"})
+    assert placement({"tolerations": [{"key": "k", "operator": "Exists"}]}, tainted) == \
+        (True, True)  # the DaemonSet controller's own tolerations cover unreachable
+    tainted["spec"]["taints"].append({"key": "x", "effect": "NoExecute"})
+    assert placement({}, tainted) == (False, False)
+    assert placement({"nodeName": "n2"}, node) == (False, False)
+
+    with pytest.raises(ValueError):
+        k8s_sim.normalize_node_specs([{"name": "a", "taints": [{"key": "k", "effect": "Never"}]}])
+    with pytest.raises(ValueError):
+        k8s_sim.normalize_node_specs(["a", "a"])
+    with pytest.raises(ValueError):
+        k8s_sim.normalize_node_specs([{"name": "a", "zone": "x"}])
+
+
+# --------------------------------------------------------------------------
 # Patch and selector helpers (no kubectl)
 # --------------------------------------------------------------------------
 
