@@ -60,7 +60,7 @@ What is simulated
   the ``all`` category - and ControllerRevisions:
   GET, LIST (``labelSelector`` with ``=``, ``==``, ``!=``, ``in``, ``notin``,
   exists/``!``; ``fieldSelector`` on any dotted path such as ``metadata.name``;
-  ``limit``/``continue``), WATCH (``watch=true|1``, ``resourceVersion``,
+  ``limit``/``continue`` with etcd's key order and a real-looking token), WATCH (``watch=true|1``, ``resourceVersion``,
   ``timeoutSeconds``, ``allowWatchBookmarks`` and the WatchList protocol
   ``sendInitialEvents=true&resourceVersionMatch=NotOlderThan``), POST, PUT,
   PATCH (strategic merge, JSON merge patch RFC 7386, JSON patch RFC 6902) and
@@ -206,16 +206,29 @@ Admin API (JSON in and out; not recorded in the request log; wrapped by SimClien
 
 Each request-log entry is a dict: ``method``, ``path``, ``query`` (dict of
 lists), ``raw_query``, ``content_type``, ``accept``, ``body`` (parsed JSON when
-JSON, else text, None when empty), ``user_agent``, ``time`` (epoch seconds) and
-``status`` (the HTTP status answered; None while a watch is still streaming).
+JSON, else text, None when empty), ``user_agent``, ``time`` (epoch seconds),
+``status`` (the HTTP status answered; None while a watch is still streaming) and
+``bytes``, the size of the response body (0 until answered; for a watch, its event
+lines so far, without the chunked framing) - what a benchmark compares when the
+traffic is TLS and a proxy cannot count it.
 
 A fault matches API requests by ``method`` (None = any) and ``path_regex``
 (``re.search`` on ``path`` or ``path?query``; None = any).  It answers a
-``Status`` with ``status``/``reason``/``message`` (a realistic message is made up
-when ``message`` is None, e.g. ``deployments.apps "x" is forbidden: User
-"sim-user" cannot patch resource ...``), or the text ``raw_body`` verbatim.
-``delay`` sleeps first; with ``status=None`` the request is then served
-normally (a slow server).  ``count`` limits how often it fires (None = forever).
+``Status`` with ``status``/``reason``/``message``, or the text ``raw_body``
+verbatim, with the extra response ``headers`` (a dict, e.g. ``{"Retry-After":
+"1"}``).  When ``message`` is None the real server's text for that reason is made
+up: Forbidden ``deployments.apps "x" is forbidden: User "sim-user" cannot patch
+resource "deployments" in API group "apps" in the namespace "noetl"`` (the token's
+user when the request has one; the verb as the authorizer sees it, see below),
+Conflict ``Operation cannot be fulfilled on deployments.apps "x": the object has
+been modified; please apply your changes to the latest version and try again``,
+TooManyRequests ``Too many requests, please try again later.`` (with
+``details.retryAfterSeconds`` from a numeric ``Retry-After``; client-go waits that
+long and retries, so ``count=1`` makes kubectl succeed a second later).  The real
+API server's priority-and-fairness 429 is that sentence as ``text/plain``: use
+``raw_body`` for it.  ``delay`` sleeps first; with ``status=None`` the request
+is then served normally (a slow server).  ``count`` limits how often it fires
+(None = forever).  Faults are checked after authentication and authorization.
 
 kubectl on this machine (findings)
 ----------------------------------
@@ -3324,9 +3337,17 @@ class Simulator:
             "status": spec.get("status", 403), "reason": spec.get("reason", "Forbidden"),
             "message": spec.get("message"), "count": spec.get("count"),
             "delay": spec.get("delay"), "raw_body": spec.get("raw_body"),
+            "headers": spec.get("headers") or {},
         }
         if fault["path_regex"]:
             re.compile(fault["path_regex"])
+        if not isinstance(fault["headers"], dict) or not all(
+                isinstance(k, str) and re.match(r"^[!#-'*+.0-9A-Z^-z|~-]+$", k) and
+                isinstance(v, (str, int)) and "\n" not in str(v) and "\r" not in str(v)
+                for k, v in fault["headers"].items()):
+            raise ValueError("fault headers must map header names to strings: %r"
+                             % (fault["headers"],))
+        fault["headers"] = {k: str(v) for k, v in fault["headers"].items()}
         with self.log_lock:
             self.fault_ids += 1
             fault["id"] = self.fault_ids
@@ -3359,6 +3380,136 @@ class Simulator:
 
 
 # --------------------------------------------------------------------------
+# Request attributes: what the authorizer sees of a request
+# --------------------------------------------------------------------------
+
+_VERB_OF_METHOD = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update",
+                   "PATCH": "patch", "DELETE": "delete"}
+_WATCH_TRUE = ("1", "t", "T", "true", "TRUE", "True")  # Go's strconv.ParseBool
+_NAMESPACE_SUBRESOURCES = ("status", "finalize")
+
+
+def is_watch(query):
+    """Whether a collection GET asks for a watch (``watch=true``/``1``/...)."""
+    return (query.get("watch") or [""])[0] in _WATCH_TRUE
+
+
+class RequestAttributes:
+    """A request as the API server's authorizer sees it (k8s.io/apiserver's
+    RequestInfo): a resource request has a verb (get/list/watch/create/update/
+    patch/delete/deletecollection), an API group, a namespace ("" when
+    cluster-scoped), a resource, a subresource and a name; anything else (``/version``,
+    ``/api``, ``/apis/apps/v1``, ``/openapi/v2``) is a non-resource request whose verb
+    is the lower-case HTTP method."""
+
+    def __init__(self, path, verb):
+        self.path = path
+        self.verb = verb
+        self.resource_request = False
+        self.api_group = self.namespace = self.resource = self.subresource = self.name = ""
+
+    @property
+    def qualified(self):
+        """``deployments.apps`` / ``nodes``: the GroupResource as Go prints it."""
+        return "%s.%s" % (self.resource, self.api_group) if self.api_group else self.resource
+
+    def as_dict(self):
+        return {"resource_request": self.resource_request, "verb": self.verb,
+                "api_group": self.api_group, "namespace": self.namespace,
+                "resource": self.resource, "subresource": self.subresource,
+                "name": self.name, "path": self.path}
+
+
+def _field_selector_name(query):
+    """The name a fieldSelector pins with ``metadata.name=X`` (RequiresExactMatch),
+    if it is a valid path segment; else ""."""
+    try:
+        reqs = parse_field_selector((query.get("fieldSelector") or [""])[0])
+    except ValueError:
+        return ""
+    for key, equal, value in reqs:
+        if key == "metadata.name" and equal:
+            if value in (".", "..") or "/" in value or "%" in value:
+                return ""
+            return value
+    return ""
+
+
+def request_attributes(method, path, query):
+    """RequestInfoFactory.NewRequestInfo for ``path`` (no query string) and ``query``
+    (dict of lists).  As on a real server, a list or watch whose fieldSelector pins
+    ``metadata.name`` carries that name (so RBAC ``resourceNames`` match it), and a
+    DELETE without a name is ``deletecollection``."""
+    path = urllib.parse.unquote(path)  # Go splits the decoded URL.Path
+    attrs = RequestAttributes(path, method.lower())
+    parts = path.strip("/").split("/")
+    if len(parts) < 3 or parts[0] not in ("api", "apis"):
+        return attrs
+    prefix, parts = parts[0], parts[1:]
+    if prefix == "apis":  # /apis/{group}/{version}/...; /api/{version}/... has no group
+        if len(parts) < 3:
+            return attrs
+        attrs.api_group = parts[0]
+        parts = parts[1:]
+    attrs.resource_request = True
+    parts = parts[1:]  # the version
+    if parts[0] in ("watch", "proxy"):  # the deprecated /api/v1/watch/... forms
+        if len(parts) < 2:
+            attrs.resource_request = False
+            return attrs
+        attrs.verb = parts[0]
+        parts = parts[1:]
+        by_method = False
+    else:
+        attrs.verb = _VERB_OF_METHOD.get(method, "")
+        by_method = True
+    if parts[0] == "namespaces" and len(parts) > 1:
+        attrs.namespace = parts[1]
+        if len(parts) > 2 and parts[2] not in _NAMESPACE_SUBRESOURCES:
+            parts = parts[2:]
+    attrs.resource = parts[0]
+    if len(parts) >= 2:
+        attrs.name = parts[1]
+    if len(parts) >= 3 and attrs.verb != "proxy":
+        attrs.subresource = parts[2]
+    if by_method and not attrs.name and attrs.verb == "get":
+        attrs.verb = "watch" if is_watch(query) else "list"
+        attrs.name = _field_selector_name(query)
+    if by_method and not attrs.name and attrs.verb == "delete":
+        attrs.verb = "deletecollection"
+    return attrs
+
+
+def forbidden_message(user, attrs):
+    """The message of the API server's 403 (responsewriters.Forbidden wrapped by
+    apierrors.NewForbidden), e.g. ``deployments.apps "a" is forbidden: User "u"
+    cannot patch resource "deployments" in API group "apps" in the namespace "noetl"``."""
+    if not attrs.resource_request:
+        return 'forbidden: User "%s" cannot %s path "%s"' % (user, attrs.verb, attrs.path)
+    resource = attrs.resource + ("/" + attrs.subresource if attrs.subresource else "")
+    where = (' in the namespace "%s"' % attrs.namespace if attrs.namespace
+             else " at the cluster scope")
+    reason = 'User "%s" cannot %s resource "%s" in API group "%s"%s' % (
+        user, attrs.verb, resource, attrs.api_group, where)
+    if not attrs.qualified:
+        return "forbidden: " + reason
+    if attrs.name:
+        return '%s "%s" is forbidden: %s' % (attrs.qualified, attrs.name, reason)
+    return "%s is forbidden: %s" % (attrs.qualified, reason)
+
+
+def resource_details(attrs):
+    """``details`` of a Status about the request's object: group, kind (the
+    resource, as the real errors put it) and the name when there is one."""
+    if not attrs.resource_request:
+        return None
+    details = {"group": attrs.api_group, "kind": attrs.resource}
+    if attrs.name:
+        details["name"] = attrs.name
+    return details
+
+
+# --------------------------------------------------------------------------
 # HTTP layer
 # --------------------------------------------------------------------------
 
@@ -3368,7 +3519,6 @@ _RESOURCE_PATH = re.compile(
 JSON_TYPES = ("application/json", "application/strategic-merge-patch+json",
               "application/merge-patch+json", "application/json-patch+json")
 UNKNOWN_FORMAT = "the body of the request was in an unknown format"
-VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
 class Route:
@@ -3430,22 +3580,32 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, code, body, content_type="application/json"):
+    def _send(self, code, body, content_type="application/json", headers=None):
+        """Answer ``body`` (bytes, or JSON-encoded); ``headers`` are extra response
+        headers (an injected fault's), overriding the usual ones of the same name."""
         data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        headers = dict(headers or {})
+        overridden = {name.lower() for name in headers}
         if self._log_entry is not None:
             # before the answer leaves: a client that reads the log as soon as it has
             # its answer (kubectl has exited) must find the status there
             self._log_entry["status"] = code
+            self._log_entry["bytes"] = 0 if self.command == "HEAD" else len(data)
         self.send_response(code)
-        self.send_header("Content-Type", content_type)
+        for name, value in (("Content-Type", content_type), ("Cache-Control", "no-cache, private")):
+            if name.lower() not in overridden:
+                self.send_header(name, value)
+        for name, value in headers.items():
+            if name.lower() != "content-length":
+                self.send_header(name, str(value))
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-cache, private")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
 
     def _dispatch(self):
         self._log_entry = None
+        self._user = None
         url = urllib.parse.urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
@@ -3463,7 +3623,7 @@ class Handler(BaseHTTPRequestHandler):
                 "method": self.command, "path": path, "query": query, "raw_query": url.query,
                 "content_type": content_type or None, "accept": self.headers.get("Accept"),
                 "body": body, "user_agent": self.headers.get("User-Agent"),
-                "time": time.time(), "status": None}
+                "time": time.time(), "status": None, "bytes": 0}
             self.sim.log_request(self._log_entry)
             fault = self.sim.take_fault(self.command, path, url.query)
             if fault is not None and self._apply_fault(fault, path, query):
@@ -3516,41 +3676,36 @@ class Handler(BaseHTTPRequestHandler):
         if fault.get("status") is None:
             return False
         code = int(fault["status"])
+        headers = fault.get("headers") or {}
         if fault.get("raw_body") is not None:
             text = fault["raw_body"]
             ctype = "text/html" if text.lstrip().startswith("<") else "text/plain"
-            self._send(code, text.encode(), ctype)
+            self._send(code, text.encode(), ctype, headers)
             return True
         reason = fault.get("reason") or "Forbidden"
-        message = fault.get("message") or self._fault_message(reason, code, path, query)
-        route = parse_route(path)
-        details = None
-        if route is not None:
-            details = {"group": route.rtype.group, "kind": route.rtype.plural}
-            if route.name:
-                details["name"] = route.name
-        self._send(code, ApiError(code, reason, message, details).status())
+        attrs = request_attributes(self.command, path, query)
+        message, details = self._fault_status(reason, code, attrs, headers)
+        self._send(code, ApiError(code, reason, fault.get("message") or message,
+                                  details).status(), headers=headers)
         return True
 
-    def _fault_message(self, reason, code, path, query):
-        route = parse_route(path)
-        if reason == "Forbidden" and route is not None:
-            if self.command == "GET":
-                verb = "watch" if query.get("watch") else ("get" if route.name else "list")
-            else:
-                verb = VERBS.get(self.command, self.command.lower())
-            where = (' in the namespace "%s"' % route.namespace if route.namespace
-                     else " at the cluster scope")
-            subject = route.rtype.qualified
-            if route.name:
-                subject = '%s "%s"' % (subject, route.name)
-            return ('%s is forbidden: User "sim-user" cannot %s resource "%s" in API group "%s"%s'
-                    % (subject, verb, route.rtype.plural + ("/" + route.subresource
-                                                            if route.subresource else ""),
-                       route.rtype.group, where))
+    def _fault_status(self, reason, code, attrs, headers):
+        """(default message, details) of an injected fault's Status: what the real
+        server says for that reason about this request."""
+        details = resource_details(attrs)
+        if reason == "Forbidden" and attrs.resource_request:
+            return forbidden_message(self._user or "sim-user", attrs), details
+        if reason == "Conflict" and attrs.resource_request:
+            return ('Operation cannot be fulfilled on %s "%s": the object has been modified; '
+                    "please apply your changes to the latest version and try again"
+                    % (attrs.qualified, attrs.name)), details
+        if reason == "TooManyRequests":
+            retry = {k.lower(): v for k, v in headers.items()}.get("retry-after", "")
+            details = {"retryAfterSeconds": int(retry)} if str(retry).isdigit() else None
+            return "Too many requests, please try again later.", details
         if reason == "InternalError":
-            return "Internal error occurred: injected fault"
-        return "injected fault (%s %d)" % (reason, code)
+            return "Internal error occurred: injected fault", details
+        return "injected fault (%s %d)" % (reason, code), details
 
     # -- admin API -------------------------------------------------------
     def _admin(self, path, query, body):
@@ -3662,7 +3817,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, self._scale(route, namespace, body, content_type, dry_run))
             return
         if method == "GET" and route.name is None:
-            if (query.get("watch") or [""])[0] in ("1", "true", "True"):
+            if is_watch(query):
                 self._watch(rtype, route.namespace, query)
             else:
                 self._send(200, self._list(rtype, route.namespace, query))
@@ -3725,28 +3880,50 @@ class Handler(BaseHTTPRequestHandler):
         return labels, fields
 
     def _list(self, rtype, namespace, query):
+        """A list in etcd's key order (``<namespace>/<name>``), paged by ``limit`` with
+        a ``continue`` token shaped like the real one (base64 of ``{"v":
+        "meta.k8s.io/v1", "rv": <the first page's resourceVersion>, "start": <next
+        key>}``); a continued page reports the first page's resourceVersion and
+        starts after the last key sent, so objects created or deleted meanwhile
+        neither repeat nor shift the pages (they are read as they are now, though,
+        not as of that resourceVersion)."""
         labels, fields = self._selectors(query)
         with self.sim.store.lock:
             items = self.sim.store.list(rtype, namespace, labels, fields)
             rv = self.sim.store.rv
+
+        def key(item):
+            meta = item["metadata"]
+            return "%s/%s" % (meta.get("namespace", ""), meta["name"]) if rtype.namespaced \
+                else meta["name"]
+
+        items.sort(key=key)
         for item in items:
             item.pop("kind", None)
             item.pop("apiVersion", None)
-        meta = {"resourceVersion": str(rv)}
-        limit = int((query.get("limit") or ["0"])[0] or 0)
-        start = 0
+        try:
+            limit = int((query.get("limit") or ["0"])[0] or 0)
+        except ValueError:
+            raise ApiError(400, "BadRequest", "invalid limit %r" % query["limit"][0]) from None
         token = (query.get("continue") or [""])[0]
         if token:
             try:
-                start = int(json.loads(base64.b64decode(token).decode())["start"])
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(400, "BadRequest", "invalid continue token") from None
-        if limit > 0 or start:
-            end = start + limit if limit > 0 else len(items)
-            if end < len(items):
-                meta["continue"] = base64.b64encode(json.dumps({"start": end}).encode()).decode()
-                meta["remainingItemCount"] = len(items) - end
-            items = items[start:end]
+                state = json.loads(base64.b64decode(token.encode(), validate=True).decode())
+                start, rv = state["start"], int(state["rv"])
+                if state.get("v") != "meta.k8s.io/v1" or not isinstance(start, str):
+                    raise ValueError(start)
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                raise ApiError(400, "BadRequest", "continue key is not valid: incorrect encoded "
+                               "start resourceVersion (version meta.k8s.io/v1)") from None
+            items = [item for item in items if key(item) >= start]
+        meta = {"resourceVersion": str(rv)}
+        if 0 < limit < len(items):
+            following = key(items[limit - 1]) + "\x00"
+            meta["continue"] = base64.b64encode(json.dumps(
+                {"v": "meta.k8s.io/v1", "rv": rv, "start": following},
+                separators=(",", ":")).encode()).decode()
+            meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
         return {"kind": rtype.kind + "List", "apiVersion": rtype.api_version,
                 "metadata": meta, "items": items}
 
@@ -3817,6 +3994,8 @@ class Handler(BaseHTTPRequestHandler):
             store.unwatch(watcher)
 
     def _chunk(self, data):
+        """Send one chunk of a watch; the log counts its data (not the framing)."""
+        self._log_entry["bytes"] += len(data)
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
@@ -4146,11 +4325,14 @@ class SimClient:
                           query={"namespace": namespace, "labelSelector": label_selector})
 
     def inject_fault(self, method=None, path_regex=None, status=403, reason="Forbidden",
-                     message=None, count=None, delay=None, raw_body=None):
-        """Make matching API requests fail (see the module docstring); returns its id."""
+                     message=None, count=None, delay=None, raw_body=None, headers=None):
+        """Make matching API requests fail (see the module docstring); returns its id.
+        ``headers``: extra response headers, e.g. ``{"Retry-After": "1"}`` with
+        ``status=429, reason="TooManyRequests"``."""
         return self._call("POST", "/_sim/faults", {
             "method": method, "path_regex": path_regex, "status": status, "reason": reason,
-            "message": message, "count": count, "delay": delay, "raw_body": raw_body})["id"]
+            "message": message, "count": count, "delay": delay, "raw_body": raw_body,
+            "headers": headers})["id"]
 
     def clear_faults(self):
         self._call("DELETE", "/_sim/faults")

@@ -606,6 +606,68 @@ def test_injected_faults(kubectl, sim):
     kubectl.ok("get", "deployment", "web", "-n", NS)
 
 
+def test_fault_headers_retry_after_and_default_messages(kubectl, sim):
+    sim.add_deployment("web", containers=[{"name": "app", "image": "repo/web:1"}])
+    sim.inject_fault(method="GET", path_regex=r"/deployments/web$", status=429,
+                     reason="TooManyRequests", headers={"Retry-After": "1"}, count=1)
+    started = time.time()
+    sim.clear_requests()
+    assert kubectl.ok("get", "deployment", "web", "-n", NS, "-o", "name").strip() == \
+        "deployment.apps/web"  # client-go waits Retry-After, then asks again
+    assert time.time() - started >= 1.0
+    gets = [r["status"] for r in sim.requests() if r["path"].endswith("/deployments/web")]
+    assert gets == [429, 200]
+
+    sim.inject_fault(method="GET", path_regex=r"/deployments/web$", status=429,
+                     reason="TooManyRequests", headers={"Retry-After": "3"}, count=1)
+    url = sim.base_url + "/apis/apps/v1/namespaces/noetl/deployments/web"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url, timeout=5)
+    assert err.value.code == 429 and err.value.headers["Retry-After"] == "3"
+    assert json.loads(err.value.read().decode()) == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "Too many requests, please try again later.", "reason": "TooManyRequests",
+        "details": {"retryAfterSeconds": 3}, "code": 429}
+    err.value.close()
+
+    sim.inject_fault(method="PATCH", path_regex=r"/deployments/web$", status=409,
+                     reason="Conflict", count=1)
+    result = kubectl("patch", "deployment", "web", "-n", NS, "--type=merge",
+                     "-p", '{"metadata": {"labels": {"x": "y"}}}')
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        'Error from server (Conflict): Operation cannot be fulfilled on deployments.apps "web": '
+        "the object has been modified; please apply your changes to the latest version and "
+        "try again")
+    with pytest.raises(k8s_sim.SimError) as bad:
+        sim.inject_fault(headers={"Bad Header": "x"})
+    assert bad.value.code == 400
+
+
+def test_request_log_counts_response_bytes(kubectl, sim):
+    sim.add_deployment("web", containers=[{"name": "app", "image": "repo/web:1"}])
+    url = sim.base_url + "/apis/apps/v1/namespaces/noetl/deployments/web"
+    sim.clear_requests()
+    kubectl.ok("get", "deployment", "web", "-n", NS, "-o", "name")
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        size = len(resp.read())
+    entries = [r for r in sim.requests() if r["path"].endswith("/deployments/web")]
+    assert [r["bytes"] for r in entries] == [size, size]
+    assert all(r["bytes"] > 0 for r in sim.requests())  # discovery documents too
+
+    sim.clear_requests()
+    watch_url = sim.base_url + "/apis/apps/v1/namespaces/noetl/deployments?watch=1&timeoutSeconds=1"
+    with urllib.request.urlopen(watch_url, timeout=5) as stream:
+        first = stream.readline()
+        assert json.loads(first)["type"] == "ADDED"
+        assert sim.requests()[0]["bytes"] == len(first)  # so far
+        assert sim.requests()[0]["status"] == 200
+        sim.add_deployment("api")
+        rest = stream.read()  # until timeoutSeconds ends the watch
+    assert sim.requests()[0]["bytes"] == len(first) + len(rest)
+    assert rest.count(b"\n") >= 2  # api ADDED, then its rollout's MODIFIED events
+
+
 def test_request_log_records_patch(kubectl, sim):
     sim.add_deployment("web", containers=[{"name": "app", "image": "repo/web:1"}])
     sim.clear_requests()
