@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """A small Kubernetes API server simulator for end-to-end tests with the real kubectl.
 
-Standard library only; runs on Python 3.8 - 3.13.  It serves plain HTTP on
-127.0.0.1, so a kubeconfig with ``server: http://127.0.0.1:PORT`` (and an empty
-user) is all kubectl needs.
+Standard library only (and the ``openssl`` CLI for its test CA); runs on Python
+3.8 - 3.13.  It serves plain HTTP on 127.0.0.1, so a kubeconfig with ``server:
+http://127.0.0.1:PORT`` (and an empty user) is all kubectl needs; the same API, on
+the same state, is also served over HTTPS on a second port, where a bearer token is
+required and its rules are enforced (see "HTTPS, tokens and RBAC" below).
 
 Usage as a script::
 
-    python3 tests/k8s_sim.py [--port 0] [--server-version 1.32.4] [--port-file PATH] [--verbose]
+    python3 tests/k8s_sim.py [--port 0] [--server-version 1.32.4] [--port-file PATH]
+        [--https-port 0] [--tls-dir DIR | --no-https] [--verbose]
 
-The first (and only) line printed on stdout is ``listening http://127.0.0.1:PORT``.
-The server runs until SIGTERM/SIGINT and then exits 0 without a traceback.
+The first (and only) line printed on stdout is ``listening http://127.0.0.1:PORT
+https://127.0.0.1:PORT2 ca=/path/ca.pem`` (just ``listening http://127.0.0.1:PORT``
+with ``--no-https``, or when openssl fails: a warning then goes to stderr).  The
+server runs until SIGTERM/SIGINT and then exits 0 without a traceback.
 
 Usage from tests::
 
@@ -22,6 +27,11 @@ Usage from tests::
         sim.set_image_behaviour("repo/web:bad", {"mode": "image_pull_backoff"})
         ...  # run kubectl --kubeconfig ... with HOME set to a temporary directory
         assert any(r["method"] == "PATCH" for r in sim.requests())
+        # the same over HTTPS, as a service account allowed to get and patch Deployments
+        sim.set_token("t0k3n", "system:serviceaccount:noetl:bump-image", [
+            {"namespace": "noetl", "apiGroups": ["apps"], "resources": ["deployments"],
+             "verbs": ["get", "patch"]}])
+        write_kubeconfig(tmp / "secure", sim.https_url, ca_path=sim.ca_path, token="t0k3n")
     finally:
         stop_sim(proc)
 
@@ -39,10 +49,13 @@ Sections of this file (each starts with a ``# ----`` banner), in order
 10. Nodes - Node objects, node affinity, taints and tolerations (what 11 places pods by)
 11. DaemonSet controller (a mixin of the Cluster)
 12. The Cluster: control loop, Deployment and ReplicaSet controllers, kubelet
-13. The simulator state shared by the HTTP handlers - admin operations (add_*, reset, ...)
-14. HTTP layer - routing, the admin API, the Kubernetes API (list, watch, write, scale)
-15. Test-side helpers: client, process control, kubeconfig - SimClient, start_sim, ...
-16. Script entry point - main()
+13. The simulator state shared by the HTTP handlers - admin operations (add_*, reset, tokens)
+14. Request attributes - what the authorizer sees of a request; RBAC rules, 403 messages
+15. HTTP layer - routing, authentication, the admin API, the Kubernetes API (list, watch,
+    write, scale), the HTTP and HTTPS listeners
+16. TLS - a test CA and a server certificate made with the openssl CLI
+17. Test-side helpers: client, process control, kubeconfig - SimClient, start_sim, ...
+18. Script entry point - main()
 
 What is simulated
 -----------------
@@ -146,6 +159,50 @@ What is simulated
   template equals the new one is re-used with the next number (``rollout undo``
   relies on it); ``revisionHistoryLimit`` old revisions no pod uses are kept.
 
+HTTPS, tokens and RBAC
+----------------------
+The HTTPS port serves the Kubernetes API (not ``/_sim``) with a server certificate
+for ``IP:127.0.0.1`` and ``DNS:localhost`` signed by a test CA (EC P-256, made with
+the openssl CLI: ``make_ca``, ``make_server_cert``; ``make_unrelated_ca`` makes a
+second CA that signed nothing, for "a wrong CA is refused").  ``start_sim`` makes
+them once per test process (``shared_tls_dir``, ~100 ms) and hands the directory to
+every simulator; the script alone makes them in a temporary directory.  No HTTP/2
+(ALPN offers only http/1.1; kubectl falls back silently).
+
+Authentication is by bearer token only (``Authorization: Bearer <token>``; tokens
+from ``PUT /_sim/tokens`` / ``SimClient.set_token``).  On HTTPS a request without
+one, or with an unknown or revoked one, gets 401 with the real body
+``{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":
+"Unauthorized","reason":"Unauthorized","code":401}``.  On the plain HTTP port a
+request with a bearer token is authenticated and authorized the same way, one
+without is allowed everything (as before tokens existed).
+
+Authorization follows the RBAC authorizer.  A token's rules are PolicyRules plus
+where they apply: ``{"namespace": "noetl" | null, "apiGroups": [...],
+"resources": [...], "verbs": [...], "resourceNames": [...]}`` - a namespace for a
+Role bound by a RoleBinding there (it never reaches cluster-scoped resources), null
+for a ClusterRole bound by a ClusterRoleBinding; ``"*"`` matches any verb, group or
+resource, ``"*/scale"`` any resource's subresource.  The request's attributes are
+RequestInfo's (``request_attributes``): verb get (a named object), list, watch
+(``watch=true|1``), create, update, patch, delete, deletecollection (a DELETE
+without a name); group ``""`` for ``/api/v1``, ``apps`` for ``/apis/apps/v1``;
+resource ``deployments``, or ``deployments/status``, ``deployments/scale``;
+``/api/v1/namespaces/X`` is in namespace X.  ``resourceNames`` match only requests
+that name an object - and, as on a real server, a list or watch whose
+``fieldSelector`` pins ``metadata.name=X`` names X (so ``resourceNames: [web]`` with
+list and watch covers ``kubectl rollout status deployment/web``).  Non-resource
+URLs (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/apps/v1``,
+``/openapi/...``) are allowed to every authenticated user, as ``system:discovery``
+does.  A denied request gets 403, reason Forbidden, details ``{name?, group,
+kind}`` (kind is the resource, as in the real errors; group ``""`` for the core
+group) and the real message (``forbidden_message``): ``deployments.apps "a" is
+forbidden: User "system:serviceaccount:noetl:bump-image" cannot patch resource
+"deployments" in API group "apps" in the namespace "noetl"``; ``replicasets.apps
+is forbidden: User "..." cannot list resource "replicasets" in API group "apps" in
+the namespace "noetl"``; ``nodes is forbidden: User "..." cannot list resource
+"nodes" in API group "" at the cluster scope``.  Authentication and authorization
+come before injected faults.
+
 Behaviours
 ----------
 A behaviour is resolved for every container when its pod is created: the
@@ -184,8 +241,8 @@ Admin API (JSON in and out; not recorded in the request log; wrapped by SimClien
 -------------------------------------------------------------------------------
 ``GET    /_sim/health``                        -> ``{"ok": true, "server_version": ...}``
 ``POST   /_sim/reset``                         delete all but namespaces; clear log, faults,
-                                              behaviours, digests; restore server version
-                                              and the 3 nodes
+                                              behaviours, digests, tokens; restore server
+                                              version and the 3 nodes
 ``POST   /_sim/deployments``                   body: the keyword arguments of
                                               ``SimClient.add_deployment`` -> the Deployment
 ``POST   /_sim/statefulsets``, ``/_sim/daemonsets``  likewise (``add_statefulset``,
@@ -203,14 +260,22 @@ Admin API (JSON in and out; not recorded in the request log; wrapped by SimClien
 ``GET    /_sim/objects/{kind}/{ns}/{name}``    raw object (``ns`` = ``-`` if cluster scoped)
 ``GET    /_sim/objects/{kind}?namespace=&labelSelector=``  list of raw objects
 ``POST   /_sim/faults`` / ``DELETE``           inject a fault (-> ``{"id": n}``) / clear all
+``PUT    /_sim/tokens``                        ``{"token": T, "user": "system:serviceaccount:
+                                              noetl:bump-image", "rules": [...]}`` adds or
+                                              replaces a token; ``"rules": null`` revokes it
+``DELETE /_sim/tokens``                        ``{"token": T}`` revokes it (no body: all)
+``GET    /_sim/tokens``                        ``[{"token", "user", "rules"}, ...]``
+
+The admin API is served on the plain HTTP port only, without authentication.
 
 Each request-log entry is a dict: ``method``, ``path``, ``query`` (dict of
 lists), ``raw_query``, ``content_type``, ``accept``, ``body`` (parsed JSON when
 JSON, else text, None when empty), ``user_agent``, ``time`` (epoch seconds),
-``status`` (the HTTP status answered; None while a watch is still streaming) and
+``status`` (the HTTP status answered; None while a watch is still streaming),
 ``bytes``, the size of the response body (0 until answered; for a watch, its event
 lines so far, without the chunked framing) - what a benchmark compares when the
-traffic is TLS and a proxy cannot count it.
+traffic is TLS and a proxy cannot count it -, ``user`` (the bearer token's user, None
+without a known token) and ``scheme`` (``"http"`` or ``"https"``).
 
 A fault matches API requests by ``method`` (None = any) and ``path_regex``
 (``re.search`` on ``path`` or ``path?query``; None = any).  It answers a
@@ -322,7 +387,51 @@ find specified revision N in history``; with one revision: ``error: no last
 revision to roll back to``.  ``kubectl rollout history`` lists the revisions'
 ``revision`` numbers with their ``kubernetes.io/change-cause`` annotations.
 
-Limitations: no authentication/RBAC; JSON only - protobuf request bodies (sent
+Over HTTPS with a token, as the authorizer sees them - (verb, resource, name),
+discovery left out, the same for kubectl 1.33 (the dispatcher's, for a 1.33
+server) and 1.37 unless said::
+
+    get deployment X            get deployments.apps X
+    patch deployment X / set image deployment/X
+                                get deployments.apps X; patch deployments.apps X
+    rollout status deployment/X (statefulset/X, daemonset/X alike)
+        1.33:                   get X; list X; watch X  (list and watch pinned to X
+                                by fieldSelector metadata.name=X)
+        1.37:                   get X; watch X          (one WatchList request, no list)
+    rollout undo deployment/X   get deployments.apps X (twice); list replicasets.apps;
+                                patch deployments.apps X
+    rollout undo statefulset/X (daemonset/X alike)
+                                get statefulsets.apps X (twice); list
+                                controllerrevisions.apps; patch statefulsets.apps X
+    delete pod P                delete pods P; get pods P  (the simulator removes a pod
+                                deleted through the API at once, so kubectl's wait is one
+                                GET that finds it gone)
+    get nodes                   list nodes (cluster scope)
+
+So ``rollout status`` needs get+list+watch with kubectl up to 1.33 and get+watch
+with 1.37.  With less it times out (``error: timed out waiting for the
+condition``, exit 1) after klog lines such as ``"Failed to watch" err="failed to
+list *unstructured.Unstructured: deployments.apps \"web\" is forbidden: ...
+cannot list resource ..."``; 1.37 falls back to a list when its WatchList is
+forbidden, so with get+list (no watch) it succeeds - with "Failed to watch" lines
+on stderr - only if the rollout is already complete at that list.  A forbidden
+write prints ``Error from server (Forbidden): <the message>``.  A CA that did not
+sign the server certificate: ``Unable to connect to the server: tls: failed to
+verify certificate: x509: certificate signed by unknown authority`` (after
+memcache.go discovery errors).  An unknown or revoked token: ``error: You must be
+logged in to the server (Unauthorized)`` when discovery is cached in ``$HOME``
+(the 401's Status is decoded), but ``error: You must be logged in to the server
+(the server has asked for the client to provide credentials)`` with a fresh
+``$HOME``, whose discovery request fails first (client-go reads no Status from a
+raw discovery answer).  The dispatcher sends the token with its ``GET /version``
+too; when that gets 401 it runs its built-in kubectl 1.32.  Over HTTPS with an
+empty user, kubectl asks for a user name on the terminal (``Please enter
+Username:``).
+
+Limitations: authentication by bearer token only (no client certificates, basic
+auth, impersonation, TokenReview or SelfSubjectAccessReview, so no ``kubectl auth
+can-i``), RBAC rules straight from the token (no Role/RoleBinding objects);
+JSON only - protobuf request bodies (sent
 by typed-client commands such as ``kubectl create deployment``) get a 415; no
 OpenAPI, so ``kubectl create -f``/``apply -f`` need ``--validate=false`` (they
 then work; the admin API is the usual way to create objects); no server-side
@@ -341,6 +450,7 @@ pods of all workloads report the same fixed IP scheme (hostIP follows the node).
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import collections
 import copy
@@ -352,10 +462,13 @@ import queue
 import random
 import re
 import select
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -1267,6 +1380,7 @@ class Store:
         self.lock = threading.RLock()
         self.rv = 0
         self.objects = {}  # (plural, namespace, name) -> object
+        self.created_rv = {}  # (plural, namespace, name) -> resourceVersion of its creation
         self.history = collections.deque()  # (rv, type, rtype, obj, old)
         self.history_floor = 0
         self.watchers = set()
@@ -1284,11 +1398,15 @@ class Store:
             return [obj for key, obj in self.objects.items()
                     if key[0] == rtype.plural and (namespace is None or key[1] == namespace)]
 
-    def list(self, rtype, namespace=None, label_reqs=None, field_reqs=None):
+    def list(self, rtype, namespace=None, label_reqs=None, field_reqs=None, created_by=None):
+        """Copies of the matching objects; with ``created_by`` (a resourceVersion)
+        only those that existed then."""
         with self.lock:
             out = []
             for key in sorted(self.objects):
                 if key[0] != rtype.plural or (namespace is not None and key[1] != namespace):
+                    continue
+                if created_by is not None and self.created_rv.get(key, 0) > created_by:
                     continue
                 obj = self.objects[key]
                 if label_reqs and not labels_match(label_reqs, obj["metadata"].get("labels")):
@@ -1333,6 +1451,7 @@ class Store:
             self.rv += 1
             meta["resourceVersion"] = str(self.rv)
             self.objects[key] = obj
+            self.created_rv[key] = self.rv
             self._record("ADDED", rtype, clone(obj), None)
             return clone(obj)
 
@@ -1378,6 +1497,7 @@ class Store:
             if dry_run:
                 return clone(old)
             del self.objects[key]
+            self.created_rv.pop(key, None)
             self.rv += 1
             gone = clone(old)
             gone["metadata"]["resourceVersion"] = str(self.rv)
@@ -3126,6 +3246,7 @@ class Simulator:
         self.request_log = []
         self.faults = []
         self.fault_ids = 0
+        self.tokens = {}  # bearer token -> {"user": ..., "rules": [...]}
         self.stopping = threading.Event()
         for name in DEFAULT_NAMESPACES:
             self.store.create(NAMESPACES, apply_defaults(NAMESPACES, {"metadata": {"name": name}}))
@@ -3161,6 +3282,7 @@ class Simulator:
         with self.log_lock:
             self.request_log[:] = []
             self.faults[:] = []
+            self.tokens.clear()
 
     WORKLOAD_KEYS = frozenset([
         "name", "namespace", "containers", "init_containers", "behaviour", "labels",
@@ -3370,6 +3492,34 @@ class Simulator:
                 return dict(fault)
         return None
 
+    def set_token(self, token, user, rules):
+        """Add or replace a bearer token for ``user`` allowed by ``rules`` (see
+        normalize_rules); ``rules`` None revokes it."""
+        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+            raise ValueError("a token is a non-empty string without spaces, got %r" % (token,))
+        if rules is None:
+            self.revoke_token(token)
+            return
+        if not isinstance(user, str) or not user:
+            raise ValueError("a token needs a user name, got %r" % (user,))
+        rules = normalize_rules(rules)
+        with self.log_lock:
+            self.tokens[token] = {"user": user, "rules": rules}
+
+    def revoke_token(self, token=None):
+        """Forget ``token`` (every token when None)."""
+        with self.log_lock:
+            if token is None:
+                self.tokens.clear()
+            else:
+                self.tokens.pop(token, None)
+
+    def identity(self, token):
+        """``{"user", "rules"}`` of a known token, else None."""
+        with self.log_lock:
+            found = self.tokens.get(token)
+            return clone(found) if found is not None else None
+
     def log_request(self, entry):
         with self.log_lock:
             self.request_log.append(entry)
@@ -3509,6 +3659,66 @@ def resource_details(attrs):
     return details
 
 
+RULE_KEYS = frozenset(["namespace", "apiGroups", "resources", "verbs", "resourceNames"])
+
+
+def normalize_rules(rules):
+    """Validate a token's rules: each a PolicyRule (``apiGroups``, ``resources``,
+    ``verbs``, optional ``resourceNames``; ``"*"`` wildcards as RBAC has them) plus
+    ``namespace``: the namespace of the Role(Binding) it comes from, or None for a
+    ClusterRole bound by a ClusterRoleBinding (every namespace and the cluster
+    scope).  Returns new dicts; raises ValueError."""
+    if not isinstance(rules, list):
+        raise ValueError("rules must be a list, got %r" % (rules,))
+    out = []
+    for rule in rules:
+        if not isinstance(rule, dict):
+            raise ValueError("a rule must be an object, got %r" % (rule,))
+        unknown = set(rule) - RULE_KEYS
+        if unknown:
+            raise ValueError("unknown rule keys: %s" % ", ".join(sorted(unknown)))
+        clean = {"namespace": rule.get("namespace")}
+        if clean["namespace"] is not None and not isinstance(clean["namespace"], str):
+            raise ValueError("a rule's namespace is a string or null: %r" % (rule,))
+        for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+            values = rule.get(key)
+            if values is None and key == "resourceNames":
+                values = []
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values) or \
+                    (not values and key != "resourceNames"):
+                raise ValueError("a rule's %s must be a %slist of strings: %r"
+                                 % (key, "" if key == "resourceNames" else "non-empty ", rule))
+            clean[key] = list(values)
+        out.append(clean)
+    return out
+
+
+def rule_allows(rule, attrs):
+    """rbac.RuleAllows for a resource request, plus where the rule applies: a
+    namespaced rule only to requests in its namespace.  ``resources`` match
+    ``<resource>`` or ``<resource>/<subresource>`` (or ``*``, or ``*/<subresource>``);
+    ``resourceNames`` only requests that name an object."""
+    if rule["namespace"] is not None and rule["namespace"] != attrs.namespace:
+        return False
+    if "*" not in rule["verbs"] and attrs.verb not in rule["verbs"]:
+        return False
+    if "*" not in rule["apiGroups"] and attrs.api_group not in rule["apiGroups"]:
+        return False
+    combined = attrs.resource + ("/" + attrs.subresource if attrs.subresource else "")
+    if not any(r in ("*", combined) or
+               (attrs.subresource and r == "*/" + attrs.subresource)
+               for r in rule["resources"]):
+        return False
+    return not rule["resourceNames"] or attrs.name in rule["resourceNames"]
+
+
+def authorized(rules, attrs):
+    """Whether ``rules`` allow the request: non-resource URLs (discovery,
+    ``/version``, ``/openapi``) are allowed to every authenticated user, as the
+    ``system:discovery`` and ``system:public-info-viewer`` ClusterRoles do."""
+    return not attrs.resource_request or any(rule_allows(rule, attrs) for rule in rules)
+
+
 # --------------------------------------------------------------------------
 # HTTP layer
 # --------------------------------------------------------------------------
@@ -3557,6 +3767,15 @@ class Handler(BaseHTTPRequestHandler):
     sim = None  # set on the subclass made by make_server()
 
     # -- plumbing --------------------------------------------------------
+    def setup(self):
+        """On the HTTPS listener, the TLS handshake happens here, in this request's
+        thread (a failed one ends the connection quietly: SimServer.handle_error)."""
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()
+            self.request.settimeout(None)
+        BaseHTTPRequestHandler.setup(self)
+
     def log_message(self, fmt, *args):
         if self.sim.verbose:
             sys.stderr.write("k8s_sim: %s\n" % (fmt % args))
@@ -3613,18 +3832,30 @@ class Handler(BaseHTTPRequestHandler):
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         body, body_error = self._decode_body(raw, content_type)
         try:
-            if path == "/_sim" or path.startswith("/_sim/"):
+            scheme = self.server.scheme
+            if scheme == "http" and (path == "/_sim" or path.startswith("/_sim/")):
                 if body_error is not None:
                     raise body_error
                 code, result = self._admin(path, query, body)
                 self._send(code, result)
                 return
+            token = self._bearer_token()
+            identity = self.sim.identity(token) if token is not None else None
+            self._user = identity["user"] if identity is not None else None
             self._log_entry = {
                 "method": self.command, "path": path, "query": query, "raw_query": url.query,
                 "content_type": content_type or None, "accept": self.headers.get("Accept"),
                 "body": body, "user_agent": self.headers.get("User-Agent"),
-                "time": time.time(), "status": None, "bytes": 0}
+                "time": time.time(), "status": None, "bytes": 0, "user": self._user,
+                "scheme": scheme}
             self.sim.log_request(self._log_entry)
+            if identity is None and (token is not None or scheme == "https"):
+                raise ApiError(401, "Unauthorized", "Unauthorized")
+            if identity is not None:
+                attrs = request_attributes(self.command, path, query)
+                if not authorized(identity["rules"], attrs):
+                    raise ApiError(403, "Forbidden", forbidden_message(self._user, attrs),
+                                   resource_details(attrs))
             fault = self.sim.take_fault(self.command, path, url.query)
             if fault is not None and self._apply_fault(fault, path, query):
                 return
@@ -3633,13 +3864,22 @@ class Handler(BaseHTTPRequestHandler):
             self._api(path, query, body, content_type)
         except ApiError as err:
             self._send_error(err)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True  # the client went away
         except Exception as exc:  # a simulator bug: answer 500 and say why
             import traceback
             traceback.print_exc()
             self._send_error(ApiError(500, "InternalError",
                                       "Internal error occurred: k8s_sim: %r" % (exc,)))
+
+    def _bearer_token(self):
+        """The token of ``Authorization: Bearer <token>``, or None (no header, another
+        scheme, an empty token: the bearer authenticator has no opinion then)."""
+        scheme, _, token = (self.headers.get("Authorization") or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        return token
 
     def _send_error(self, err):
         try:
@@ -3764,6 +4004,15 @@ class Handler(BaseHTTPRequestHandler):
                         sim.request_log[:] = []
                     return 200, {"ok": True}
                 return 200, sim.requests()
+            if parts == ["tokens"]:
+                if method == "PUT":
+                    sim.set_token(body["token"], body.get("user"), body["rules"])
+                    return 200, {"ok": True}
+                if method == "DELETE":
+                    sim.revoke_token(body.get("token"))
+                    return 200, {"ok": True}
+                with sim.log_lock:
+                    return 200, [dict(clone(v), token=k) for k, v in sorted(sim.tokens.items())]
             if parts == ["faults"]:
                 if method == "DELETE":
                     with sim.log_lock:
@@ -3883,39 +4132,39 @@ class Handler(BaseHTTPRequestHandler):
         """A list in etcd's key order (``<namespace>/<name>``), paged by ``limit`` with
         a ``continue`` token shaped like the real one (base64 of ``{"v":
         "meta.k8s.io/v1", "rv": <the first page's resourceVersion>, "start": <next
-        key>}``); a continued page reports the first page's resourceVersion and
-        starts after the last key sent, so objects created or deleted meanwhile
-        neither repeat nor shift the pages (they are read as they are now, though,
-        not as of that resourceVersion)."""
+        key>}``).  A continued page reports the first page's resourceVersion, starts
+        after the last key sent and, as a read of that snapshot would, leaves out
+        objects created since; objects changed or deleted since are read as they are
+        now (there is no MVCC history)."""
         labels, fields = self._selectors(query)
+        try:
+            limit = int((query.get("limit") or ["0"])[0] or 0)
+        except ValueError:
+            raise ApiError(400, "BadRequest", "invalid limit %r" % query["limit"][0]) from None
+        token = (query.get("continue") or [""])[0]
+        start, snapshot = "", None
+        if token:
+            try:
+                state = json.loads(base64.b64decode(token.encode(), validate=True).decode())
+                start, snapshot = state["start"], int(state["rv"])
+                if state.get("v") != "meta.k8s.io/v1" or not isinstance(start, str):
+                    raise ValueError(start)
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                raise ApiError(400, "BadRequest", "continue key is not valid: incorrect encoded "
+                               "start resourceVersion (version meta.k8s.io/v1)") from None
         with self.sim.store.lock:
-            items = self.sim.store.list(rtype, namespace, labels, fields)
-            rv = self.sim.store.rv
+            items = self.sim.store.list(rtype, namespace, labels, fields, created_by=snapshot)
+            rv = self.sim.store.rv if snapshot is None else snapshot
 
         def key(item):
             meta = item["metadata"]
             return "%s/%s" % (meta.get("namespace", ""), meta["name"]) if rtype.namespaced \
                 else meta["name"]
 
-        items.sort(key=key)
+        items = sorted((item for item in items if key(item) >= start), key=key)
         for item in items:
             item.pop("kind", None)
             item.pop("apiVersion", None)
-        try:
-            limit = int((query.get("limit") or ["0"])[0] or 0)
-        except ValueError:
-            raise ApiError(400, "BadRequest", "invalid limit %r" % query["limit"][0]) from None
-        token = (query.get("continue") or [""])[0]
-        if token:
-            try:
-                state = json.loads(base64.b64decode(token.encode(), validate=True).decode())
-                start, rv = state["start"], int(state["rv"])
-                if state.get("v") != "meta.k8s.io/v1" or not isinstance(start, str):
-                    raise ValueError(start)
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                raise ApiError(400, "BadRequest", "continue key is not valid: incorrect encoded "
-                               "start resourceVersion (version meta.k8s.io/v1)") from None
-            items = [item for item in items if key(item) >= start]
         meta = {"resourceVersion": str(rv)}
         if 0 < limit < len(items):
             following = key(items[limit - 1]) + "\x00"
@@ -4000,10 +4249,24 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _peer_closed(self):
+        """Whether the client went away (used while a watch or a delay waits).  On
+        TLS there is no MSG_PEEK: a non-blocking read sees the close_notify or EOF
+        (a stray byte the client sent meanwhile would be lost; none does)."""
+        conn = self.connection
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
+            if isinstance(conn, ssl.SSLSocket):
+                if conn.pending() or not select.select([conn], [], [], 0)[0]:
+                    return False
+                conn.settimeout(0.0)
+                try:
+                    return conn.recv(1) == b""
+                except ssl.SSLWantReadError:
+                    return False
+                finally:
+                    conn.settimeout(None)
+            readable, _, _ = select.select([conn], [], [], 0)
             if readable:
-                return self.connection.recv(1, socket.MSG_PEEK) == b""
+                return conn.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
         return False
@@ -4130,11 +4393,158 @@ class Handler(BaseHTTPRequestHandler):
         return result
 
 
-def make_server(sim, port=0):
+class SimServer(ThreadingHTTPServer):
+    """The plain HTTP listener (``scheme`` tells the handlers which one they serve)."""
+
+    daemon_threads = True
+    scheme = "http"
+
+    def handle_error(self, request, client_address):
+        """A client that hangs up (or fails the TLS handshake) is no server error:
+        only print the tracebacks of anything else."""
+        if isinstance(sys.exc_info()[1], OSError):  # ssl.SSLError, resets, time-outs
+            return
+        ThreadingHTTPServer.handle_error(self, request, client_address)
+
+
+class TLSSimServer(SimServer):
+    """The HTTPS listener: it accepts in the serving thread and leaves the TLS
+    handshake to the request's own thread (Handler.setup), so a slow or failing
+    handshake blocks no one else."""
+
+    scheme = "https"
+
+    def __init__(self, address, handler, context):
+        self.context = context
+        SimServer.__init__(self, address, handler)
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        return self.context.wrap_socket(sock, server_side=True,
+                                        do_handshake_on_connect=False), address
+
+
+def make_server(sim, port=0, tls=None):
+    """An HTTP server for ``sim`` on 127.0.0.1:``port``; with ``tls`` (the dict of
+    ensure_tls_files) an HTTPS one with that server certificate."""
     handler = type("SimHandler", (Handler,), {"sim": sim})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
-    return server
+    if tls is None:
+        return SimServer(("127.0.0.1", port), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls["cert"], tls["key"])
+    context.set_alpn_protocols(["http/1.1"])  # Go would speak HTTP/2 if offered
+    return TLSSimServer(("127.0.0.1", port), handler, context)
+
+
+# --------------------------------------------------------------------------
+# TLS: a test CA and a server certificate (openssl CLI)
+# --------------------------------------------------------------------------
+
+# Our own config, so nothing in the machine's openssl.cnf (or $OPENSSL_CONF) matters.
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = k8s-sim
+[ca_ext]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+_EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def _openssl(directory, *args):
+    config = os.path.join(directory, "openssl.cnf")
+    if not os.path.exists(config):
+        with open(config, "w") as handle:
+            handle.write(_OPENSSL_CONFIG)
+    env = dict(os.environ, OPENSSL_CONF=config)
+    result = subprocess.run(["openssl"] + [a.replace("@CONFIG@", config) for a in args],
+                            cwd=directory, env=env, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        raise RuntimeError("openssl %s failed: %s" % (args[0], result.stderr.strip()))
+
+
+def _serial():
+    return "0x%x" % random.getrandbits(63)
+
+
+def make_ca(directory, name="k8s-sim test CA", basename="ca"):
+    """Make a self-signed CA (EC P-256, ten years) in ``directory``: files
+    ``<basename>.pem`` and ``<basename>-key.pem``.  Returns (cert path, key path)."""
+    directory = os.path.abspath(str(directory))
+    os.makedirs(directory, exist_ok=True)
+    cert, key = basename + ".pem", basename + "-key.pem"
+    _openssl(directory, "req", "-x509", "-config", "@CONFIG@", "-extensions", "ca_ext",
+             *_EC_KEY, "-keyout", key, "-out", cert, "-days", "3650",
+             "-set_serial", _serial(), "-subj", "/CN=" + name)
+    return os.path.join(directory, cert), os.path.join(directory, key)
+
+
+def make_server_cert(directory, ca_cert, ca_key, basename="server"):
+    """Make a server certificate for ``127.0.0.1`` and ``localhost`` (subjectAltName
+    IP and DNS: Go ignores the CN) signed by the CA.  Returns (cert path, key path)."""
+    directory = os.path.abspath(str(directory))
+    cert, key, csr = basename + ".pem", basename + "-key.pem", basename + ".csr"
+    _openssl(directory, "req", "-new", "-config", "@CONFIG@", *_EC_KEY, "-keyout", key,
+             "-out", csr, "-subj", "/CN=k8s-sim")
+    _openssl(directory, "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key,
+             "-set_serial", _serial(), "-days", "3650", "-extfile", "@CONFIG@",
+             "-extensions", "server_ext", "-out", cert)
+    os.remove(os.path.join(directory, csr))
+    return os.path.join(directory, cert), os.path.join(directory, key)
+
+
+def ensure_tls_files(directory):
+    """The test CA and the server certificate in ``directory`` (``ca.pem``,
+    ``server.pem``, ``server-key.pem``), made there first if one is missing (not
+    safe for two processes making them in one directory at once).  Returns
+    ``{"ca": ..., "cert": ..., "key": ...}``."""
+    directory = os.path.abspath(str(directory))
+    paths = {"ca": os.path.join(directory, "ca.pem"),
+             "cert": os.path.join(directory, "server.pem"),
+             "key": os.path.join(directory, "server-key.pem")}
+    if not all(os.path.exists(p) for p in paths.values()):
+        ca_cert, ca_key = make_ca(directory)
+        make_server_cert(directory, ca_cert, ca_key)
+    return paths
+
+
+def make_unrelated_ca(directory, basename="other-ca"):
+    """A second CA certificate that signed nothing the simulator serves: a
+    kubeconfig trusting it must fail to verify the server ("a wrong CA").
+    Returns the path of its certificate (``<basename>.pem`` in ``directory``)."""
+    return make_ca(directory, name="k8s-sim unrelated CA", basename=basename)[0]
+
+
+_shared_tls = {"lock": threading.Lock(), "dir": None}
+
+
+def shared_tls_dir():
+    """A directory with the test CA and server certificate, made once per process
+    (openssl costs ~100 ms) and removed at exit: start_sim hands it to every
+    simulator it starts, so they all trust the same ``ca.pem``."""
+    with _shared_tls["lock"]:
+        if _shared_tls["dir"] is None:
+            directory = tempfile.mkdtemp(prefix="k8s-sim-tls-")
+            try:
+                ensure_tls_files(directory)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+            atexit.register(shutil.rmtree, directory, True)
+            _shared_tls["dir"] = directory
+        return _shared_tls["dir"]
 
 
 # --------------------------------------------------------------------------
@@ -4149,11 +4559,18 @@ class SimError(Exception):
 
 
 class SimClient:
-    """Python client for the admin API (``/_sim/...``) of a running simulator."""
+    """Python client for the admin API (``/_sim/...``) of a running simulator.
 
-    def __init__(self, base_url, timeout=10.0):
+    ``base_url`` is the plain HTTP endpoint (admin API and Kubernetes API);
+    ``https_url`` the HTTPS one (Kubernetes API only, bearer tokens required) and
+    ``ca_path`` the test CA's certificate that signed its server certificate (both
+    None when the simulator serves no HTTPS)."""
+
+    def __init__(self, base_url, timeout=10.0, https_url=None, ca_path=None):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.https_url = https_url.rstrip("/") if https_url else None
+        self.ca_path = ca_path
 
     def _call(self, method, path, body=None, query=None):
         url = self.base_url + path
@@ -4337,6 +4754,53 @@ class SimClient:
     def clear_faults(self):
         self._call("DELETE", "/_sim/faults")
 
+    def set_token(self, token, user, rules):
+        """Accept ``Authorization: Bearer <token>`` as ``user`` (e.g.
+        ``system:serviceaccount:noetl:bump-image``), allowed what ``rules`` allow:
+        a list of ``{"namespace": "noetl" | None, "apiGroups": [...], "resources":
+        [...], "verbs": [...], "resourceNames": [...]}`` (namespace None: cluster-wide,
+        as a ClusterRoleBinding grants; ``"*"`` wildcards).  ``rules`` None revokes."""
+        self._call("PUT", "/_sim/tokens", {"token": token, "user": user, "rules": rules})
+
+    def revoke_token(self, token):
+        self._call("DELETE", "/_sim/tokens", {"token": token})
+
+    def tokens(self):
+        return self._call("GET", "/_sim/tokens")
+
+    def ssl_context(self, ca_path=None):
+        """An SSLContext that trusts the simulator's test CA (or the CA ``ca_path``)."""
+        return ssl.create_default_context(cafile=ca_path or self.ca_path)
+
+    def api(self, method, path, token=None, body=None, content_type="application/json",
+            https=None):
+        """One Kubernetes API request (``path`` with its query string), over HTTPS
+        when the simulator serves it (``https=False``: the plain port), with
+        ``Authorization: Bearer <token>`` when ``token`` is given.  Returns (HTTP
+        status, body parsed as JSON - or text when it is not JSON -, headers);
+        error statuses are returned, not raised."""
+        https = bool(self.https_url) if https is None else https
+        url = (self.https_url if https else self.base_url) + path
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = "Bearer " + token
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        context = self.ssl_context() if https else None
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
+                status, raw, resp_headers = resp.status, resp.read(), resp.headers
+        except urllib.error.HTTPError as err:
+            try:
+                status, raw, resp_headers = err.code, err.read(), err.headers
+            finally:
+                err.close()
+        text = raw.decode("utf-8", "replace")
+        try:
+            return status, json.loads(text), resp_headers
+        except ValueError:
+            return status, text, resp_headers
+
     def wait_for(self, predicate, timeout=10.0, interval=0.05, what="condition"):
         """Poll ``predicate(self)`` until it returns a truthy value; return it."""
         deadline = time.time() + timeout
@@ -4352,11 +4816,37 @@ class SimClient:
 SCRIPT = os.path.abspath(__file__)
 
 
-def start_sim(server_version=None, timeout=15.0, python=None, extra_args=()):
-    """Spawn the simulator script; returns (Popen, SimClient) once it listens."""
+def parse_listening_line(text):
+    """``listening http://H:P [https://H:Q ca=PATH]`` (the simulator's first stdout
+    line; the short form when it serves no HTTPS) -> (base_url, https_url, ca_path)."""
+    if not text.startswith("listening "):
+        raise ValueError("unexpected first line from k8s_sim: %r" % text)
+    rest, _, ca_path = text[len("listening "):].partition(" ca=")
+    urls = rest.split()
+    https_url = next((u for u in urls[1:] if u.startswith("https://")), None)
+    return urls[0], https_url, (ca_path or None)
+
+
+def start_sim(server_version=None, timeout=15.0, python=None, extra_args=(), https=True,
+              tls_dir=None):
+    """Spawn the simulator script; returns (Popen, SimClient) once it listens.
+
+    With ``https`` (the default) it also serves HTTPS, with the certificates of
+    ``tls_dir`` (made there if missing) or else of shared_tls_dir(), made once per
+    test process; the client's ``https_url`` and ``ca_path`` say where.  Should
+    openssl fail, the simulator serves plain HTTP only (``https_url`` None) and a
+    warning goes to stderr."""
     cmd = [python or sys.executable, SCRIPT, "--port", "0"]
     if server_version:
         cmd += ["--server-version", server_version]
+    if not https:
+        cmd.append("--no-https")
+    else:
+        try:
+            cmd += ["--tls-dir", str(tls_dir) if tls_dir else shared_tls_dir()]
+        except (OSError, RuntimeError) as exc:
+            sys.stderr.write("k8s_sim: no HTTPS (%s)\n" % (exc,))
+            cmd.append("--no-https")
     cmd += list(extra_args)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     deadline = time.time() + timeout
@@ -4373,11 +4863,11 @@ def start_sim(server_version=None, timeout=15.0, python=None, extra_args=()):
             if not chunk:
                 raise RuntimeError("k8s_sim exited early with code %s" % proc.wait(5))
             line += chunk
-        text = line.decode().strip()
-        if not text.startswith("listening "):
-            raise RuntimeError("unexpected first line from k8s_sim: %r" % text)
-        client = SimClient(text.split(" ", 1)[1])
-        return proc, client
+        try:
+            base_url, https_url, ca_path = parse_listening_line(line.decode().strip())
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        return proc, SimClient(base_url, https_url=https_url, ca_path=ca_path)
     except BaseException:
         stop_sim(proc)
         raise
@@ -4399,12 +4889,21 @@ def stop_sim(proc, timeout=5.0):
     return proc.returncode
 
 
-def write_kubeconfig(path, base_url, contexts=("sim",), current="sim", namespace=None):
-    """Write a kubeconfig with one cluster and user and the given context names."""
+def write_kubeconfig(path, base_url, contexts=("sim",), current="sim", namespace=None,
+                     ca_path=None, token=None):
+    """Write a kubeconfig with one cluster and user and the given context names.
+
+    ``base_url`` is the server (``sim.https_url`` for HTTPS); ``ca_path`` the CA
+    certificate kubectl verifies it with (``certificate-authority``; e.g.
+    ``sim.ca_path``); ``token`` the user's bearer token (else the user is empty)."""
     q = json.dumps
     lines = ["apiVersion: v1", "kind: Config", "preferences: {}", "clusters:",
-             "- name: sim-cluster", "  cluster:", "    server: %s" % q(base_url),
-             "users:", "- name: sim-user", "  user: {}", "contexts:"]
+             "- name: sim-cluster", "  cluster:", "    server: %s" % q(base_url)]
+    if ca_path:
+        lines.append("    certificate-authority: %s" % q(os.path.abspath(str(ca_path))))
+    lines += ["users:", "- name: sim-user"]
+    lines += ["  user:", "    token: %s" % q(token)] if token is not None else ["  user: {}"]
+    lines.append("contexts:")
     for name in contexts:
         lines += ["- name: %s" % q(name), "  context:", "    cluster: sim-cluster",
                   "    user: sim-user"]
@@ -4425,7 +4924,13 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=0, help="TCP port (0 = ephemeral)")
     parser.add_argument("--server-version", default=DEFAULT_SERVER_VERSION,
                         help="version reported by /version (selects the dispatcher's kubectl)")
-    parser.add_argument("--port-file", help="also write the port number to this file")
+    parser.add_argument("--port-file", help="also write the (HTTP) port number to this file")
+    parser.add_argument("--https-port", type=int, default=0,
+                        help="TCP port of the HTTPS listener (0 = ephemeral)")
+    parser.add_argument("--tls-dir", help="directory with ca.pem, server.pem and "
+                        "server-key.pem (made there if missing; default: a temporary "
+                        "directory removed at exit)")
+    parser.add_argument("--no-https", action="store_true", help="serve plain HTTP only")
     parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
     args = parser.parse_args(argv)
     try:
@@ -4436,6 +4941,20 @@ def main(argv=None):
     sim = Simulator(args.server_version, verbose=args.verbose)
     server = make_server(sim, args.port)
     port = server.server_address[1]
+    servers, listening = [server], "listening http://127.0.0.1:%d" % port
+    cleanup = None
+    if not args.no_https:
+        directory = args.tls_dir
+        try:
+            if directory is None:
+                directory = cleanup = tempfile.mkdtemp(prefix="k8s-sim-tls-")
+            tls = ensure_tls_files(directory)
+            https = make_server(sim, args.https_port, tls)
+        except (OSError, RuntimeError, ssl.SSLError) as exc:
+            sys.stderr.write("k8s_sim: serving plain HTTP only, no HTTPS: %s\n" % (exc,))
+        else:
+            servers.append(https)
+            listening += " https://127.0.0.1:%d ca=%s" % (https.server_address[1], tls["ca"])
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -4444,24 +4963,28 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     sim.cluster.start()
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                               name="k8s-sim-http")
-    serving.daemon = True
-    serving.start()
+    for each in servers:
+        serving = threading.Thread(target=each.serve_forever, kwargs={"poll_interval": 0.2},
+                                   name="k8s-sim-" + each.scheme)
+        serving.daemon = True
+        serving.start()
     if args.port_file:
         tmp = args.port_file + ".tmp"
         with open(tmp, "w") as handle:
             handle.write("%d\n" % port)
         os.replace(tmp, args.port_file)
-    sys.stdout.write("listening http://127.0.0.1:%d\n" % port)
+    sys.stdout.write(listening + "\n")
     sys.stdout.flush()
     while not stop.wait(0.5):
         pass
     sim.stopping.set()
     sim.store.close_watchers()
-    server.shutdown()
-    server.server_close()
+    for each in servers:
+        each.shutdown()
+        each.server_close()
     sim.cluster.stop()
+    if cleanup:
+        shutil.rmtree(cleanup, ignore_errors=True)
     return 0
 
 

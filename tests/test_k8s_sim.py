@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -735,9 +736,11 @@ def test_script_port_file_and_clean_shutdown(tmp_path):
                             stdin=subprocess.DEVNULL)
     try:
         first = proc.stdout.readline().decode()
-        match = re.match(r"^listening http://127\.0\.0\.1:(\d+)\n$", first)
+        match = re.match(r"^listening http://127\.0\.0\.1:(\d+) https://127\.0\.0\.1:(\d+) "
+                         r"ca=(/\S+/ca\.pem)\n$", first)  # a CA made for this process
         assert match, first
         assert port_file.read_text().strip() == match.group(1)
+        assert os.path.isfile(match.group(3))
         base = "http://127.0.0.1:%s" % match.group(1)
         with urllib.request.urlopen(base + "/version", timeout=5) as resp:
             assert json.loads(resp.read().decode())["minor"] == "31"
@@ -750,11 +753,19 @@ def test_script_port_file_and_clean_shutdown(tmp_path):
             assert status["message"] == 'deployments.apps "x" not found'
         else:
             raise AssertionError("expected 404")
-        # An open watch must not block the shutdown.
+        # Open watches (plain and TLS) must not block the shutdown.
         watch = urllib.request.urlopen(base + "/api/v1/namespaces/noetl/pods?watch=1", timeout=5)
+        client = k8s_sim.SimClient(base, https_url="https://127.0.0.1:" + match.group(2),
+                                   ca_path=match.group(3))
+        client.set_token("t", SA, [{"namespace": None, "apiGroups": [""], "resources": ["pods"],
+                                    "verbs": ["watch"]}])
+        secure = urllib.request.urlopen(urllib.request.Request(
+            client.https_url + "/api/v1/pods?watch=1", headers={"Authorization": "Bearer t"}),
+            timeout=5, context=client.ssl_context())
         os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
         watch.close()
+        secure.close()
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -762,6 +773,349 @@ def test_script_port_file_and_clean_shutdown(tmp_path):
     assert proc.returncode == 0
     assert out == b""
     assert b"Traceback" not in err
+    assert not os.path.exists(match.group(3))  # its temporary CA is gone
+
+
+def test_script_without_https_and_start_sim_parsing(tmp_path):
+    proc = subprocess.Popen([sys.executable, k8s_sim.SCRIPT, "--port", "0", "--no-https"],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        first = proc.stdout.readline().decode()
+        assert re.match(r"^listening http://127\.0\.0\.1:\d+\n$", first), first
+    finally:
+        k8s_sim.stop_sim(proc)
+    assert k8s_sim.parse_listening_line(first.strip()) == (first.split()[1], None, None)
+    assert k8s_sim.parse_listening_line(
+        "listening http://127.0.0.1:1 https://127.0.0.1:2 ca=/a dir/ca.pem") == (
+        "http://127.0.0.1:1", "https://127.0.0.1:2", "/a dir/ca.pem")
+
+    started = time.time()
+    proc, client = start_sim(https=False)
+    try:
+        assert (client.https_url, client.ca_path) == (None, None)
+    finally:
+        stop_sim(proc)
+    # with a directory of its own: the files are made there, and re-used next time
+    proc, client = start_sim(tls_dir=tmp_path / "tls")
+    try:
+        assert client.ca_path == str(tmp_path / "tls" / "ca.pem")
+        assert client.api("GET", "/version", token="nobody")[0] == 401
+    finally:
+        stop_sim(proc)
+    made = os.path.getmtime(client.ca_path)
+    proc, client = start_sim(tls_dir=tmp_path / "tls")
+    stop_sim(proc)
+    assert os.path.getmtime(client.ca_path) == made
+    assert time.time() - started < 10
+
+
+# --------------------------------------------------------------------------
+# HTTPS, tokens and RBAC
+# --------------------------------------------------------------------------
+
+SA = "system:serviceaccount:noetl:bump-image"
+TOKEN = "bump-image-token"
+
+
+def role(resources, verbs, group="apps", namespace=NS, names=None):
+    """One rule of a Role in ``namespace`` (None: a ClusterRole bound cluster-wide)."""
+    rule = {"namespace": namespace, "apiGroups": [group], "resources": list(resources),
+            "verbs": list(verbs)}
+    if names is not None:
+        rule["resourceNames"] = list(names)
+    return rule
+
+
+@pytest.fixture(params=KUBECTLS)
+def secure(request, sim, tmp_path):
+    """A kubectl on the HTTPS endpoint with the test CA and a bearer token (the
+    token's rules are each test's business).  The dispatcher gets a 1.33 server, so
+    that it execs kubectl 1.33 (for 1.32 it would run its built-in kubectl)."""
+    binary = request.param
+    require_binary(binary)
+    if not sim.https_url:
+        pytest.fail("the simulator serves no HTTPS (is openssl installed?)")
+    if binary == DISPATCHER:
+        sim.set_server_version("1.33.1")
+    config = write_kubeconfig(tmp_path / "kubeconfig", sim.https_url, namespace=NS,
+                              ca_path=sim.ca_path, token=TOKEN)
+    return Kubectl(binary, config, str(tmp_path / "home"))
+
+
+def authz_log(sim, since=0):
+    """(verb, resource[/subresource][.group], name) of the resource requests logged
+    after entry ``since``, as the authorizer saw them."""
+    out = []
+    for entry in sim.requests()[since:]:
+        attrs = k8s_sim.request_attributes(entry["method"], entry["path"], entry["query"])
+        if attrs.resource_request:
+            resource = attrs.resource + ("/" + attrs.subresource if attrs.subresource else "")
+            out.append((attrs.verb, resource + ("." + attrs.api_group if attrs.api_group else ""),
+                        attrs.name))
+    return out
+
+
+def test_https_token_get_allowed_patch_forbidden(secure, sim):
+    sim.add_deployment("web", containers=[{"name": "app", "image": "repo/web:1"}])
+    sim.add_deployment("api")
+    sim.set_token(TOKEN, SA, [role(["deployments"], ["get"])])
+    sim.clear_requests()
+    assert secure.json("get", "deployment", "web")["metadata"]["name"] == "web"
+    if secure.binary == DISPATCHER:
+        assert kubectl_minor(sim) == 33  # the dispatcher's /version carried the token too
+    log = sim.requests()
+    assert {(r["scheme"], r["user"]) for r in log} == {("https", SA)}
+    assert all(r["status"] == 200 for r in log)
+
+    forbidden = 'Error from server (Forbidden): %s is forbidden: User "%s" cannot %s'
+    result = secure("patch", "deployment", "web", "--type=merge",
+                    "-p", '{"metadata": {"labels": {"x": "y"}}}')
+    assert result.returncode == 1
+    assert result.stderr.strip() == forbidden % (
+        'deployments.apps "web"', SA,
+        'patch resource "deployments" in API group "apps" in the namespace "noetl"')
+    assert sim.requests()[-1]["status"] == 403
+    result = secure("get", "replicasets")
+    assert result.stderr.strip() == forbidden % (
+        "replicasets.apps", SA,
+        'list resource "replicasets" in API group "apps" in the namespace "noetl"')
+    result = secure("get", "nodes")
+    assert result.stderr.strip() == forbidden % (
+        "nodes", SA, 'list resource "nodes" in API group "" at the cluster scope')
+    result = secure("scale", "deployment/web", "--replicas=2")
+    assert result.stderr.strip() == forbidden % (
+        'deployments.apps "web"', SA,
+        'patch resource "deployments/scale" in API group "apps" in the namespace "noetl"')
+    result = secure("get", "deployment", "web", "-n", "default")
+    assert result.stderr.strip() == forbidden % (
+        'deployments.apps "web"', SA,
+        'get resource "deployments" in API group "apps" in the namespace "default"')
+
+    # resourceNames narrow a rule to named objects; a cluster-wide rule reaches nodes
+    sim.set_token(TOKEN, SA, [role(["deployments"], ["get", "patch"], names=["web"]),
+                              role(["nodes"], ["list"], group="", namespace=None)])
+    secure.ok("patch", "deployment", "web", "--type=merge",
+              "-p", '{"metadata": {"labels": {"x": "y"}}}')
+    assert sim.get("deployment", "web", NS)["metadata"]["labels"]["x"] == "y"
+    result = secure("get", "deployment", "api")
+    assert result.stderr.strip() == forbidden % (
+        'deployments.apps "api"', SA,
+        'get resource "deployments" in API group "apps" in the namespace "noetl"')
+    assert len(secure.json("get", "nodes")["items"]) == 3
+
+
+def test_rollout_status_needs_list_and_watch(secure, sim):
+    """kubectl up to 1.33 lists, then watches; 1.37 sends one WatchList request
+    (a watch), so it needs no list.  Both pin the name with a fieldSelector, so
+    resourceNames rules cover them."""
+    sim.add_deployment("web", containers=[{"name": "app", "image": "repo/web:1"}])
+    sim.set_image_behaviour("repo/web:2", {"mode": "ready", "delay": 1.0})
+    sim.set_token(TOKEN, SA, [role(["deployments"], ["get", "patch"], names=["web"])])
+    secure.ok("set", "image", "deployment/web", "app=repo/web:2")
+    new = kubectl_minor(sim) >= 35
+    result = secure("rollout", "status", "deployment/web", "--timeout=1s")
+    assert result.returncode == 1
+    assert "error: timed out waiting for the condition" in result.stderr
+    assert 'cannot list resource \\"deployments\\" in API group \\"apps\\"' in result.stderr
+    if not new:  # a watch alone is not enough for the list-then-watch kubectl
+        sim.set_token(TOKEN, SA, [role(["deployments"], ["get", "watch"], names=["web"])])
+        result = secure("rollout", "status", "deployment/web", "--timeout=1s")
+        assert result.returncode == 1 and "cannot list resource" in result.stderr
+
+    verbs = ["get", "watch"] if new else ["get", "list", "watch"]
+    sim.set_token(TOKEN, SA, [role(["deployments"], verbs, names=["web"])])
+    sim.set_image_behaviour("repo/web:3", {"mode": "ready", "delay": 1.0})
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "repo/web:3"}]}}}}
+    assert sim.api("PATCH", "/apis/apps/v1/namespaces/noetl/deployments/web", body=patch,
+                   content_type="application/strategic-merge-patch+json", https=False)[0] == 200
+    start = len(sim.requests())
+    out = secure.ok("rollout", "status", "deployment/web", "--timeout=20s")
+    assert "Waiting for deployment" in out and 'deployment "web" successfully rolled out' in out
+    assert authz_log(sim, start) == [(verb, "deployments.apps", "web") for verb in verbs]
+
+
+# (verb, resource, name) of each command, identical for kubectl 1.33 and 1.37 (rollout
+# status aside, above).  Deleted through the API, a simulated pod is gone at once, so
+# kubectl's wait after "delete pod" is one GET that finds it gone.
+def undo_verbs(kind, history):
+    return [("get", kind, "x"), ("get", kind, "x"), ("list", history, ""), ("patch", kind, "x")]
+
+
+COMMAND_VERBS = [
+    (("get", "deployment", "x", "-o", "name"), [("get", "deployments.apps", "x")]),
+    (("patch", "deployment", "x", "-p", '{"metadata": {"labels": {"a": "b"}}}'),
+     [("get", "deployments.apps", "x"), ("patch", "deployments.apps", "x")]),
+    (("set", "image", "deployment/x", "app=repo/x:2"),
+     [("get", "deployments.apps", "x"), ("patch", "deployments.apps", "x")]),
+    (("rollout", "undo", "deployment/x"), undo_verbs("deployments.apps", "replicasets.apps")),
+    (("rollout", "undo", "statefulset/x"),
+     undo_verbs("statefulsets.apps", "controllerrevisions.apps")),
+    (("rollout", "undo", "daemonset/x"), undo_verbs("daemonsets.apps", "controllerrevisions.apps")),
+    (("delete", "pod", "x-0"), [("delete", "pods", "x-0"), ("get", "pods", "x-0")]),
+]
+
+
+def test_verbs_each_command_needs(secure, sim):
+    """Each command, run with a token allowed exactly the (verb, resource) pairs it was
+    seen to make (and only for the named objects), succeeds with nothing on stderr."""
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "repo/x:0"}]}}}}
+    for add in (sim.add_deployment, sim.add_statefulset, sim.add_daemonset):
+        add("x", containers=[{"name": "app", "image": "repo/x:1"}], behaviour=READY_FAST)
+    for kind in ("deployments", "statefulsets", "daemonsets"):  # revision 2, for rollout undo
+        status, _, _ = sim.api("PATCH", "/apis/apps/v1/namespaces/noetl/%s/x" % kind,
+                               body=patch, https=False,  # no token: the plain port allows all
+                               content_type="application/strategic-merge-patch+json")
+        assert status == 200
+
+    def done(_sim):
+        return all(k8s_sim.Cluster.is_complete(_sim.get(kind, "x", NS))
+                   for kind in ("deployments", "statefulsets", "daemonsets"))
+
+    for args, expected in COMMAND_VERBS:
+        sim.wait_for(done, timeout=10, what="the previous command's rollouts")
+        rules = []
+        for verb, resource, name in expected:
+            plural, _, group = resource.partition(".")
+            rules.append(role([plural], [verb], group=group, names=[name] if name else None))
+        sim.set_token(TOKEN, SA, rules)
+        start = len(sim.requests())
+        secure.ok(*args)
+        assert authz_log(sim, start) == expected, args
+
+
+def test_wrong_ca_revoked_token_and_no_token(secure, sim, tmp_path):
+    sim.set_token(TOKEN, SA, [role(["deployments"], ["list"])])
+    assert secure.json("get", "deployments")["items"] == []
+    wrong = write_kubeconfig(tmp_path / "wrong-ca", sim.https_url, namespace=NS, token=TOKEN,
+                             ca_path=k8s_sim.make_unrelated_ca(tmp_path / "other"))
+    result = Kubectl(secure.binary, wrong, secure.home + "-wrong")("get", "deployments")
+    assert result.returncode == 1
+    assert "Unable to connect to the server: tls: failed to verify certificate: x509: " \
+        "certificate signed by unknown authority" in result.stderr
+
+    sim.revoke_token(TOKEN)
+    # discovery cached in HOME: the GET of deployments gets the 401 and its Status
+    result = secure("get", "deployments")
+    assert result.returncode == 1
+    assert result.stderr == "error: You must be logged in to the server (Unauthorized)\n"
+    assert (sim.requests()[-1]["status"], sim.requests()[-1]["user"]) == (401, None)
+    # a fresh HOME: discovery (raw, no Status decoded) fails first, with client-go's text;
+    # the dispatcher's /version fails too, so it runs its built-in kubectl 1.32
+    result = secure("get", "deployments", fresh_home=True)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == "error: You must be logged in to the server " \
+        "(the server has asked for the client to provide credentials)"
+
+    unauthorized = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
+    for token in (None, TOKEN, ""):
+        status, body, _ = sim.api("GET", "/apis/apps/v1/namespaces/noetl/deployments",
+                                  token=token)
+        assert (status, body) == (401, unauthorized), token
+
+
+def test_http_port_checks_tokens_only_when_sent(sim):
+    sim.add_deployment("web")
+    path = "/apis/apps/v1/namespaces/noetl/deployments/web"
+    sim.set_token(TOKEN, SA, [role(["deployments"], ["list"])])
+    sim.clear_requests()
+    assert sim.api("GET", path, https=False)[0] == 200  # no token: anything goes
+    status, body, _ = sim.api("GET", path, token=TOKEN, https=False)
+    assert status == 403 and body["reason"] == "Forbidden"
+    assert body["details"] == {"name": "web", "group": "apps", "kind": "deployments"}
+    assert sim.api("GET", path, token="unknown", https=False)[0] == 401
+    assert sim.api("GET", "/version", token=TOKEN, https=False)[0] == 200  # non-resource URL
+    assert sim.api("GET", "/openapi/v2", token=TOKEN)[0] == 404  # allowed, then not found
+    assert sim.api("GET", "/_sim/health", token=TOKEN)[0] == 404  # no admin API on HTTPS
+    assert [(r["scheme"], r["user"], r["status"]) for r in sim.requests()] == [
+        ("http", None, 200), ("http", SA, 403), ("http", None, 401), ("http", SA, 200),
+        ("https", SA, 404), ("https", SA, 404)]
+
+    assert sim.tokens() == [{"token": TOKEN, "user": SA, "rules": [
+        dict(role(["deployments"], ["list"]), resourceNames=[])]}]
+    for bad in ([{"verbs": ["get"]}], [dict(role(["x"], []))], "all",
+                [dict(role(["x"], ["get"]), bogus=1)], [dict(role(["x"], ["get"]), namespace=1)]):
+        with pytest.raises(k8s_sim.SimError) as err:
+            sim.set_token("t2", SA, bad)
+        assert err.value.code == 400, bad
+    sim._call("PUT", "/_sim/tokens", {"token": TOKEN, "rules": None})  # null rules revoke
+    assert sim.tokens() == []
+    sim.set_token(TOKEN, SA, [])
+    sim.reset()
+    assert sim.tokens() == []
+
+
+def test_list_pages_with_continue_over_https(sim):
+    for name in ("c", "a", "b"):
+        sim.add_deployment(name)
+    sim.set_token(TOKEN, SA, [role(["deployments"], ["list"])])
+    sim.clear_requests()
+    names, remaining, token, versions = [], [], "", set()
+    while True:
+        status, body, _ = sim.api("GET", "/apis/apps/v1/namespaces/noetl/deployments?limit=1"
+                                  + ("&continue=" + urllib.parse.quote(token) if token else ""),
+                                  token=TOKEN)
+        assert status == 200
+        names += [item["metadata"]["name"] for item in body["items"]]
+        versions.add(body["metadata"]["resourceVersion"])
+        token = body["metadata"].get("continue")
+        if not token:
+            break
+        remaining.append(body["metadata"]["remainingItemCount"])
+        sim.add_deployment("a%d" % len(names))  # created after the first page: not listed
+    assert names == ["a", "b", "c"] and remaining == [2, 1] and len(versions) == 1
+    log = sim.requests()
+    assert len(log) == 3 and all(r["scheme"] == "https" and r["user"] == SA for r in log)
+    assert all(r["bytes"] > 100 for r in log)
+    status, body, _ = sim.api("GET", "/apis/apps/v1/namespaces/noetl/deployments?limit=2",
+                              token=TOKEN)
+    assert [item["metadata"]["name"] for item in body["items"]] == ["a", "a1"]
+    status, body, _ = sim.api("GET", "/apis/apps/v1/namespaces/noetl/deployments?limit=1"
+                              "&continue=bm9wZQ==", token=TOKEN)
+    assert status == 400 and body["reason"] == "BadRequest"
+
+
+def test_request_attributes_and_rules():
+    def attrs(method, path, **query):
+        return k8s_sim.request_attributes(method, path, {k: [v] for k, v in query.items()})
+
+    a = attrs("GET", "/apis/apps/v1/namespaces/noetl/deployments", watch="true",
+              fieldSelector="metadata.name=web")
+    assert (a.verb, a.api_group, a.namespace, a.resource, a.name) == \
+        ("watch", "apps", "noetl", "deployments", "web")
+    a = attrs("GET", "/apis/apps/v1/namespaces/noetl/deployments", watch="0")
+    assert (a.verb, a.name) == ("list", "")
+    a = attrs("PUT", "/apis/apps/v1/namespaces/noetl/deployments/web/scale")
+    assert (a.verb, a.resource, a.subresource, a.name) == ("update", "deployments", "scale", "web")
+    a = attrs("DELETE", "/api/v1/namespaces/noetl/pods")
+    assert (a.verb, a.api_group, a.resource) == ("deletecollection", "", "pods")
+    a = attrs("GET", "/api/v1/namespaces/noetl")  # a namespace is in itself
+    assert (a.verb, a.namespace, a.resource, a.name) == ("get", "noetl", "namespaces", "noetl")
+    a = attrs("GET", "/api/v1/nodes/n1")
+    assert (a.verb, a.namespace, a.resource, a.name) == ("get", "", "nodes", "n1")
+    for path in ("/version", "/api", "/api/v1", "/apis", "/apis/apps", "/apis/apps/v1",
+                 "/openapi/v2"):
+        a = attrs("GET", path)
+        assert not a.resource_request and a.verb == "get", path
+    assert k8s_sim.forbidden_message("u", attrs("GET", "/healthz")) == \
+        'forbidden: User "u" cannot get path "/healthz"'
+
+    allows = k8s_sim.rule_allows
+    [scale] = k8s_sim.normalize_rules([role(["*/scale"], ["update"])])
+    assert allows(scale, attrs("PUT", "/apis/apps/v1/namespaces/noetl/statefulsets/db/scale"))
+    assert not allows(scale, attrs("PUT", "/apis/apps/v1/namespaces/noetl/statefulsets/db"))
+    assert not allows(scale, attrs("PUT", "/apis/apps/v1/namespaces/other/statefulsets/db/scale"))
+    [named] = k8s_sim.normalize_rules([role(["pods"], ["*"], group="", names=["p"],
+                                            namespace=None)])
+    assert allows(named, attrs("DELETE", "/api/v1/namespaces/x/pods/p"))
+    assert not allows(named, attrs("DELETE", "/api/v1/namespaces/x/pods"))  # deletecollection
+    assert not allows(named, attrs("POST", "/api/v1/namespaces/x/pods"))  # create has no name
+    assert allows(named, attrs("GET", "/api/v1/namespaces/x/pods",
+                               fieldSelector="metadata.name=p"))
+    assert not allows(named, attrs("GET", "/api/v1/nodes/p"))  # another group? no: resource
+    [everything] = k8s_sim.normalize_rules([role(["*"], ["*"], group="*")])
+    assert allows(everything, attrs("GET", "/apis/apps/v1/namespaces/noetl/deployments/x/status"))
+    assert not allows(everything, attrs("GET", "/api/v1/nodes"))  # a Role: no cluster scope
 
 
 # --------------------------------------------------------------------------
