@@ -66,15 +66,18 @@ What is simulated
   ``application/json`` documents and kubectl silently falls back to fetching
   ``/api/v1`` and ``/apis/apps/v1`` (nothing on stderr).  ``/openapi/*`` and every
   unknown path answer a 404 ``Status``; none of the commands below needs OpenAPI.
+* Plain HTTP, and HTTPS with a test CA, bearer tokens and RBAC rules (see "HTTPS,
+  tokens and RBAC" below); both serve the same API on the same state.
 * Resources: v1 Namespaces (``default``, ``kube-system`` and ``noetl`` always
-  exist), v1 Nodes (cluster-scoped, short name ``no``; see below), v1 Pods, apps/v1
-  Deployments, ReplicaSets, StatefulSets (short name
+  exist), v1 Pods, apps/v1 Deployments, ReplicaSets, StatefulSets (short name
   ``sts``), DaemonSets (``ds``) - these five with a ``/status`` subresource and in
-  the ``all`` category - and ControllerRevisions:
+  the ``all`` category -, ControllerRevisions and v1 Nodes (cluster-scoped, short
+  name ``no``, with ``/status``; see below):
   GET, LIST (``labelSelector`` with ``=``, ``==``, ``!=``, ``in``, ``notin``,
   exists/``!``; ``fieldSelector`` on any dotted path such as ``metadata.name``;
-  ``limit``/``continue`` with etcd's key order and a real-looking token), WATCH (``watch=true|1``, ``resourceVersion``,
-  ``timeoutSeconds``, ``allowWatchBookmarks`` and the WatchList protocol
+  ``limit``/``continue`` in etcd's key order, with a real-looking token), WATCH
+  (``watch=true|1``, ``resourceVersion``, ``timeoutSeconds``,
+  ``allowWatchBookmarks`` and the WatchList protocol
   ``sendInitialEvents=true&resourceVersionMatch=NotOlderThan``), POST, PUT,
   PATCH (strategic merge, JSON merge patch RFC 7386, JSON patch RFC 6902) and
   DELETE, all honouring ``?dryRun=All``; the autoscaling/v1 ``/scale``
@@ -137,7 +140,9 @@ What is simulated
   (``DAEMONSET_TOLERATIONS``).  A pod already on a node that gained an untolerated
   NoSchedule taint stays (counted in ``numberMisscheduled``); an untolerated
   NoExecute taint, a removed node or a no longer matching selector deletes it.
-  ``desiredNumberScheduled`` counts the fitting nodes only.  Pods get ``nodeName``,
+  ``desiredNumberScheduled`` counts the fitting nodes only.  (``add_*`` take
+  ``node_selector``, ``tolerations`` and ``affinity`` for the pod template.)  Pods get
+  ``nodeName``,
   a node affinity on ``metadata.name`` (replacing the template's required terms),
   the DaemonSet tolerations and labels ``controller-revision-hash: <hash>`` and
   ``pod-template-generation``.
