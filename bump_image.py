@@ -208,12 +208,6 @@ class EnvironmentProblem(BumpError):
     exit_code = 4
 
 
-class KubectlFailed(BumpError):
-    """A kubectl call failed; the component reports ``kubectl_failed``."""
-
-    code = "kubectl_failed"
-
-
 class ContainerNotFound(BumpError):
     """The named container is not in the workload."""
 
@@ -344,6 +338,9 @@ def parse_image(text):
         raise ValueError("the image reference contains white space or a control character")
     if text.startswith("-"):
         raise ValueError("an image reference cannot start with '-'")
+    if re.fullmatch(r"[a-f0-9]{64}", text):
+        raise ValueError("a bare 64-hex string is an image ID, not a repository name (as"
+                         " the registry and kubelet read it)")
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
@@ -426,6 +423,7 @@ _DNS_SUBDOMAIN_RE = re.compile(_DNS_LABEL + r"(?:\." + _DNS_LABEL + r")*")
 _CONTEXT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 PROBE_MODES = ("auto", "always", "never")
+ACCESS_MODES = ("auto", "kubectl", "api")
 
 
 @dataclass(frozen=True)
@@ -519,22 +517,28 @@ PAYLOAD_KEYS = (
         low_open=True, high=604800, attr="deadline_seconds", shown="none"),
     Key("dry_run", "boolean", "probe and read, report what would change, change nothing",
         default=False, attr="dry_run"),
-    Key("expected_kube_context", "context", "refuse to run unless kubectl's context is this"
-        " one (in-cluster, where `KUBERNETES_SERVICE_HOST` is set, skipped unless `context`,"
-        " `kubeconfig` or `KUBECONFIG` is given)", attr="expected_context", shown="none"),
+    Key("expected_kube_context", "context", "refuse to run unless kubectl's context (`context`,"
+        " else its current one) is this one, in a pod or not; skipped only when kubectl has no"
+        " context in a pod, or under `cluster_access: api`; see [the context guard]"
+        "(#the-context-guard)", attr="expected_context", shown="none"),
     Key("context", "context", "passed to kubectl as `--context=`", attr="context",
         shown="none"),
     Key("kubeconfig", "path", "passed to kubectl as `--kubeconfig=`", attr="kubeconfig",
         shown="none"),
     Key("kubectl", "path", "the kubectl binary (a name on `PATH` or a path)",
         default="kubectl", attr="kubectl"),
+    Key("cluster_access", "choice", "`kubectl`; `api`: the Kubernetes API with the pod's"
+        " service account (no kubectl needed); `auto`: kubectl when it is there, else the API"
+        " in a pod; see [cluster access](#cluster-access)", default="auto",
+        choices=ACCESS_MODES, attr="cluster_access"),
     Key("pin_digest", "boolean", "set `repo:tag@sha256:<digest>` with the digest the probe"
         " saw", default=False, attr="pin_digest"),
     Key("fail_fast_seconds", "number", "stop waiting for a rollout whose new pods have been"
         " stuck this long (see [rollouts](#rollouts))", default=60, low=0, high=86400,
         attr="fail_fast_seconds"),
-    Key("rollback_on_failure", "boolean", "after a failed rollout, `kubectl rollout undo` to"
-        " the revision read before the change", default=False, attr="rollback_on_failure"),
+    Key("rollback_on_failure", "boolean", "after a workload's own rollout failed, undo it as"
+        " `kubectl rollout undo` does, to the revision read before the change",
+        default=False, attr="rollback_on_failure"),
     Key("parallel", "boolean", "apply every change first, then wait for all rollouts at"
         " once", default=False, attr="parallel"),
 )
@@ -588,6 +592,7 @@ class Settings:
     context: str                   # or None
     kubeconfig: str                # or None
     kubectl: str
+    cluster_access: str
     pin_digest: bool
     fail_fast_seconds: float
     rollback_on_failure: bool
@@ -955,8 +960,24 @@ def parse_payload(payload):
             value = _checked(payload, key.name)
             values[key.attr] = key.default if value is None else value
     values["mirrors"] = values["mirrors"] or {}
-    images = list(dict.fromkeys(w.image for w in workloads))
+    # one entry per image, compared normalized; written two ways, it is probed if
+    # any of its spellings would be, under that spelling
+    images = {}
+    for ref in (w.image for w in workloads):
+        first = images.setdefault(ref, ref)
+        if will_probe(ref, values["probe"]) and not will_probe(first, values["probe"]):
+            del images[ref]
+            images[ref] = ref
+    order = list(dict.fromkeys(w.image for w in workloads))
+    images = [images[ref] for ref in order]
     settings = Settings(workloads=workloads, listed=listed, images=images, **values)
+    kubectl_only = [k for k in ("context", "kubeconfig") if payload.get(k) is not None]
+    if settings.cluster_access == "api" and kubectl_only:
+        raise PayloadError(
+            "%s %s kubectl's, but cluster_access is api (the pod's service account, no"
+            " kubeconfig)" % (" and ".join(kubectl_only), "is" if len(kubectl_only) == 1
+                              else "are"),
+            hint='leave them out, or use "cluster_access": "kubectl"')
     for ref in images:
         if settings.pin_digest and ref.digest is None and not will_probe(ref, settings.probe):
             raise PayloadError(
@@ -1296,6 +1317,13 @@ class SocketRegistry:
             sockets = self._by_thread[threading.get_ident()] = []
         return sockets
 
+    def expire_all(self):
+        """Shut down every request's sockets (an interrupt)."""
+        with self._lock:
+            lists = list(self._by_thread.values())
+        for sockets in lists:
+            _expire(sockets, [])
+
 
 @functools.lru_cache(maxsize=None)
 def _redirect_handler():
@@ -1468,13 +1496,14 @@ class _AttemptFailed(Exception):
         self.outcome = outcome
 
 
-def _read_bounded(fh, clock, deadline):
-    """Read at most BODY_LIMIT bytes, giving up at ``deadline`` (the socket time-out
-    bounds each read; the deadline, and the request's watchdog, bound a trickle)."""
+def _read_bounded(fh, clock, deadline, limit=BODY_LIMIT):
+    """Read at most ``limit`` bytes (one more tells that there were more), giving up
+    at ``deadline`` (the socket time-out bounds each read; the deadline, and the
+    request's watchdog, bound a trickle)."""
     chunks, size = [], 0
     read = getattr(fh, "read1", None) or fh.read     # read1: at most one recv per call
-    while size <= BODY_LIMIT:
-        chunk = read(min(65536, BODY_LIMIT + 1 - size))
+    while size <= limit:
+        chunk = read(min(65536, limit + 1 - size))
         if not chunk:
             break
         chunks.append(chunk)
@@ -1482,6 +1511,138 @@ def _read_bounded(fh, clock, deadline):
         if clock() > deadline:
             raise TimeoutError("body not read in time")
     return b"".join(chunks)
+
+
+class _Opening:
+    """One ``opener.open`` running in a thread of its own (see ``_open``)."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.sockets = []
+        self.response = None
+        self.error = None
+        self.abandoned = False
+
+
+def _open(opener, req, timeout, stopped=None):
+    """``opener.open(req)``, given up after ``timeout`` seconds or once ``stopped()``
+    is true: name resolution (``getaddrinfo`` cannot be interrupted), connect, TLS
+    and the answer's headers all count.  It runs in a thread that is abandoned
+    when time is up (its sockets are shut down; a late answer is closed).  Returns
+    ``(response, sockets)``; raises what ``open`` raised, or ``TimeoutError``."""
+    registry = getattr(opener, "sockets", None)
+    opening = _Opening()
+
+    def run():
+        if registry is not None:
+            opening.sockets = registry.start()
+        try:
+            response = opener.open(req, timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as is
+            opening.error = exc
+        else:
+            with opening.lock:
+                opening.response = response
+                late = opening.abandoned
+            if late:
+                _close_quietly(response)
+        finally:
+            opening.done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    until = time.monotonic() + timeout
+    while not opening.done.wait(min(_POLL, max(0.0, until - time.monotonic()))):
+        if time.monotonic() >= until or (stopped is not None and stopped()):
+            with opening.lock:
+                opening.abandoned = True
+                response = opening.response
+            if response is None:
+                _expire(opening.sockets, [])
+                raise TimeoutError("no answer in time")
+            break
+    if opening.error is not None:
+        raise opening.error
+    return opening.response, opening.sockets
+
+
+def http_call(opener, clock, method, url, headers, *, auth=None, data=None,
+              timeout=HTTP_TIMEOUT, cut=False, read_body=False, error_body=False,
+              body_limit=BODY_LIMIT, host=None, too_large="registry_error", stopped=None):
+    """One HTTP request whose whole duration is bounded by ``timeout``: resolving,
+    connecting, TLS, the headers (``_open``) and the body (a watchdog shuts the
+    sockets down when time is up; ``_read_bounded``).  ``Authorization`` goes to
+    the request's own origin only.  The body is read when ``read_body`` and the
+    status is 200, or for any status with ``error_body``, up to ``body_limit``
+    bytes.  Returns a ``_Response``; raises ``_AttemptFailed`` with the outcome:
+    a transport error as ``classify_transport_error`` names it, or
+    ``deadline_exceeded`` when ``cut`` (the timeout is what was left of the run's
+    deadline) and the time ran out."""
+    import http.client  # HTTP/TLS stack: loaded only for a request
+    import urllib.error
+    import urllib.request
+    host = host or urlsplit(url).netloc
+    # callers validate the URL as http(s); the path is built from checked parts
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(  # noqa: S310
+        headers, **{"User-Agent": "bump_image/" + __version__}))
+    if auth:
+        req.add_unredirected_header("Authorization", auth)
+    deadline = clock() + timeout
+    expired, watchdog, sockets = [], None, []
+    try:
+        try:
+            try:
+                resp, sockets = _open(opener, req, timeout, stopped)
+            except urllib.error.HTTPError as err:
+                if 300 <= err.code < 400:
+                    _close_quietly(err)
+                    raise _AttemptFailed(_Outcome(
+                        "registry_error", "%s redirected and the redirect was not followed: %s"
+                        % (host, err.msg), retryable=False))
+                resp = err
+            # the rest of the request's deadline: when it passes, the watchdog shuts
+            # the request's sockets down, which ends any read that is still waiting
+            left = deadline - clock()
+            if left <= 0 and not expired:
+                _expire(sockets, expired)
+            elif sockets:
+                watchdog = threading.Timer(left, _expire, (sockets, expired))
+                watchdog.daemon = True
+                watchdog.start()
+            try:
+                status = resp.getcode() if hasattr(resp, "getcode") else resp.status
+                if expired or clock() > deadline:
+                    # headers cut short by the deadline: http.client may still have
+                    # made a response of what came (a 200 with half its headers)
+                    raise TimeoutError("the answer's headers did not arrive in time")
+                body = b""
+                if (read_body and status == 200) or error_body:
+                    body = _read_bounded(resp, clock, deadline, body_limit)
+                    if expired:
+                        raise TimeoutError("the body was not read in time")
+                    if len(body) > body_limit:
+                        if read_body and status == 200:
+                            raise _AttemptFailed(_Outcome(
+                                too_large, "the answer of %s is larger than %d bytes"
+                                % (host, body_limit)))
+                        body = body[:body_limit]
+                return _Response(status, resp.headers, body)
+            finally:
+                _close_quietly(resp)
+        except _AttemptFailed:
+            raise
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            timed_out = bool(expired) or isinstance(exc, TimeoutError) or isinstance(
+                getattr(exc, "reason", None), TimeoutError)
+            if cut and timed_out:
+                raise _AttemptFailed(_Outcome("deadline_exceeded", "the run's deadline came"
+                                              " before %s answered" % host, retryable=False))
+            error = TimeoutError("the request did not finish in time") if expired else exc
+            raise _AttemptFailed(classify_transport_error(error, host, timeout))
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
 
 
 class RegistryProbe:
@@ -1715,60 +1876,13 @@ class RegistryProbe:
 
     def _request(self, method, url, headers, auth, read_body=False, host=None, data=None,
                  too_large="token_failed"):
-        import http.client  # HTTP/TLS stack: loaded only for a probe
-        import urllib.error
-        import urllib.request
-        host = host or self.host
-        timeout = self.timeout
-        left = self._left()
-        if left is not None:
-            timeout = max(0.1, min(timeout, left))
-        # the base URL was validated as http(s); the path is built from checked parts
-        req = urllib.request.Request(url, data=data, method=method, headers=dict(  # noqa: S310
-            headers, **{"User-Agent": "bump_image/" + __version__}))
-        if auth:
-            req.add_unredirected_header("Authorization", auth)
-        deadline = self.clock() + timeout
-        # the whole request's deadline: when it passes, the watchdog shuts the
-        # request's sockets down, which ends any read that is still waiting
-        expired, watchdog = [], None
-        registry = getattr(self.opener, "sockets", None)
-        if registry is not None:
-            watchdog = threading.Timer(timeout, _expire, (registry.start(), expired))
-            watchdog.daemon = True
-            watchdog.start()
-        try:
-            try:
-                resp = self.opener.open(req, timeout=timeout)
-            except urllib.error.HTTPError as err:
-                if 300 <= err.code < 400:
-                    _close_quietly(err)
-                    raise _AttemptFailed(_Outcome(
-                        "registry_error", "%s redirected and the redirect was not followed: %s"
-                        % (host, err.msg), retryable=False))
-                resp = err
-            try:
-                status = resp.getcode() if hasattr(resp, "getcode") else resp.status
-                body = b""
-                if read_body and status == 200:
-                    body = _read_bounded(resp, self.clock, deadline)
-                    if expired:
-                        raise TimeoutError("the body was not read in time")
-                    if len(body) > BODY_LIMIT:
-                        raise _AttemptFailed(_Outcome(
-                            too_large, "the answer of %s is larger than %d bytes"
-                            % (host, BODY_LIMIT)))
-                return _Response(status, resp.headers, body)
-            finally:
-                _close_quietly(resp)
-        except _AttemptFailed:
-            raise
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            error = TimeoutError("the request did not finish in time") if expired else exc
-            raise _AttemptFailed(classify_transport_error(error, host, timeout))
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
+        timeout, left = self.timeout, self._left()
+        cut = left is not None and left < timeout
+        if cut:
+            timeout = max(0.1, left)
+        return http_call(self.opener, self.clock, method, url, headers, auth=auth, data=data,
+                         timeout=timeout, cut=cut, read_body=read_body,
+                         host=host or self.host, too_large=too_large, stopped=self.stopped)
 
 
 def _close_quietly(resp):
@@ -1813,6 +1927,7 @@ class Plan:
     containers: list               # [name] checked or updated
     changes: list                  # [(list key, name)] to set
     previous: dict                 # {name: image} of the chosen containers before the run
+    admitted: list = field(default_factory=list)   # [name] at the target plus a digest
 
     @property
     def at_target(self):
@@ -1835,9 +1950,10 @@ def _names(entries, key):
     return ", ".join(str(c.get("name")) for k, c in entries if k == key) or "none"
 
 
-def plan_containers(obj, workload, target, container=None):
+def plan_containers(obj, workload, target, container=None, digest=None):
     """Choose the containers to update and compare their images (pure); raise
-    ``ContainerNotFound`` or ``ContainerAmbiguous``.
+    ``ContainerNotFound`` or ``ContainerAmbiguous``.  ``digest`` is what the probe
+    of the target saw (None when it was not probed), for ``image_matches``.
 
     In this order: the payload's ``container`` (regular or init); every container
     and init container whose repository is the target's; the container named by
@@ -1871,9 +1987,12 @@ def plan_containers(obj, workload, target, container=None):
                 % (what, len(regular), listing, target.name, (
                     ' and its %s annotation names "%s", which it does not have'
                     % (DEFAULT_CONTAINER, named)) if named else "", DEFAULT_CONTAINER))
-    changes = [(k, c.get("name")) for k, c in chosen if not _at_target(c.get("image"), target)]
+    changes = [(k, c.get("name")) for k, c in chosen
+               if not image_matches(c.get("image"), target, digest)]
+    admitted = [c.get("name") for k, c in chosen if (k, c.get("name")) not in changes
+                and not _at_target(c.get("image"), target)]
     return Plan([c.get("name") for _, c in chosen], changes,
-                {c.get("name"): c.get("image") for _, c in chosen})
+                {c.get("name"): c.get("image") for _, c in chosen}, admitted)
 
 
 def _same_repository(image, target):
@@ -1886,6 +2005,24 @@ def _at_target(image, target):
         return False
     ref = parse_image_or_none(image)
     return target.same_image(ref) if ref is not None else image == target.text
+
+
+def image_matches(have, target, digest=None):
+    """Is a container set to ``have`` (text) at ``target`` (an ``ImageRef``)? (pure)
+
+    The same normalized reference; or ``have`` is the target's tag plus a digest
+    where the target names none: a mutating admission (Kyverno ``verifyImages``
+    with ``mutateDigest``, common in clusters that sign images) pins every
+    ``repo:tag`` to ``repo:tag@sha256:…``.  That is the target when the digest is
+    the one the probe saw, or when the image was not probed (``digest`` None:
+    the caller says it is unchecked).
+    """
+    if _at_target(have, target):
+        return True
+    ref = parse_image_or_none(have) if isinstance(have, str) else None
+    return (ref is not None and target.digest is None and ref.digest is not None
+            and ref.tag is not None and ref.name == target.name
+            and ref.tag == (target.tag or "latest") and digest in (None, ref.digest))
 
 
 def build_patch(plan, image, cause):
@@ -2000,7 +2137,7 @@ class Decision:
 
 
 def decide(workload, obj, target, container=None, dry_run=False, namespace=DEFAULT_NAMESPACE,
-           listed=True):
+           listed=True, digest=None):
     """What to do with one workload (pure): the ``Workload``, its object as read
     (None when it is not there), the target ``ImageRef``, the payload's
     ``container`` (or None), whether this is a dry run, the namespace, and whether
@@ -2021,7 +2158,7 @@ def decide(workload, obj, target, container=None, dry_run=False, namespace=DEFAU
         return Decision("skip", log="%s: not found in namespace %s, skipped (a default)"
                         % (workload.key, namespace))
     try:
-        plan = plan_containers(obj, workload, target, container)
+        plan = plan_containers(obj, workload, target, container, digest)
     except (ContainerNotFound, ContainerAmbiguous) as exc:
         return Decision("refuse", exc.code, exc.message)
     spec = obj.get("spec") or {}
@@ -2029,7 +2166,12 @@ def decide(workload, obj, target, container=None, dry_run=False, namespace=DEFAU
              "scaled_to_zero": kind != "daemonset" and spec.get("replicas", 1) == 0,
              "on_delete": kind != "deployment" and _update_strategy(obj) == "OnDelete"}
     if plan.at_target:
-        return _decide_at_target(workload, obj, plan, target, dry_run, **state)
+        decision = _decide_at_target(workload, obj, plan, target, dry_run, **state)
+        if plan.admitted and decision.log:
+            decision.log += " (%s: the target's tag plus %s, pinned by an admission%s)" % (
+                ", ".join(plan.admitted), "the probed digest" if digest else "a digest",
+                "" if digest else "; the digest is unchecked: the image was not probed")
+        return decision
     return _decide_change(workload, plan, target, dry_run, namespace, **state)
 
 
@@ -2107,28 +2249,27 @@ def _owned_by(obj, uid):
     return any(ref.get("uid") == uid for ref in _meta(obj).get("ownerReferences") or [])
 
 
-def _runs(template_or_pod, expected):
+def _runs(template_or_pod, expected, digest=None):
     """True when a pod (or pod template) sets each container in ``expected``
-    (``{name: image}``) to that image."""
+    (``{name: image}``) to that image (``image_matches``: an admission may have
+    pinned it to a digest)."""
     entries = {c.get("name"): c.get("image") for _, c in _container_entries(
         {"spec": {"template": template_or_pod}})}
     for name, image in expected.items():
-        have = entries.get(name)
-        ref, want = parse_image_or_none(have or ""), parse_image_or_none(image)
-        if not (have == image or (ref is not None and want is not None
-                                  and want.same_image(ref))):
+        have, want = entries.get(name), parse_image_or_none(image)
+        if not (have == image or (want is not None and image_matches(have, want, digest))):
             return False
     return True
 
 
-def new_pods(uid, expected, replicasets, pods):
+def new_pods(uid, expected, replicasets, pods, digest=None):
     """The active pods of a workload's new revision (pure): owned by the workload
     (``uid``), directly or through a ReplicaSet it owns, whose spec sets each
     container of ``expected`` (``{name: image}``) to that image.  Terminating and
     completed pods are left out."""
     owners = {uid} | {_meta(rs).get("uid") for rs in replicasets if _owned_by(rs, uid)}
     return [p for p in pods
-            if any(_owned_by(p, owner) for owner in owners) and _runs(p, expected)
+            if any(_owned_by(p, owner) for owner in owners) and _runs(p, expected, digest)
             and not _meta(p).get("deletionTimestamp")
             and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
 
@@ -2144,7 +2285,7 @@ def _statuses(pod):
             + list(status.get("containerStatuses") or []))
 
 
-def diagnose(workload_obj, uid, expected, replicasets, pods):
+def diagnose(workload_obj, uid, expected, replicasets, pods, digest=None):
     """Problems that stop a rollout (pure): ``[(key, message, immediate)]``, ``key``
     identifying a problem across reads.
 
@@ -2163,12 +2304,12 @@ def diagnose(workload_obj, uid, expected, replicasets, pods):
                 progressing.get("message") or message), True))
         failures.append(_conditions(workload_obj).get("ReplicaFailure"))
     failures += [_conditions(rs).get("ReplicaFailure") for rs in replicasets
-                 if _owned_by(rs, uid) and _runs(_pod_template(rs), expected)]
+                 if _owned_by(rs, uid) and _runs(_pod_template(rs), expected, digest)]
     failure = next((f for f in failures if f and f.get("status") == "True"), None)
     if failure:
         problems.append(((uid, "replica-failure"), "ReplicaFailure: %s: %s" % (
             failure.get("reason") or "FailedCreate", failure.get("message") or ""), False))
-    for pod in new_pods(uid, expected, replicasets, pods):
+    for pod in new_pods(uid, expected, replicasets, pods, digest):
         pod_name = _meta(pod).get("name", "?")
         for cs in _statuses(pod):
             waiting = (cs.get("state") or {}).get("waiting") or {}
@@ -2179,6 +2320,55 @@ def diagnose(workload_obj, uid, expected, replicasets, pods):
                     reason, (waiting.get("message") or "").strip() or "no message",
                     pod_name, cs.get("name")), False))
     return problems
+
+
+def describe_pods(pods):
+    """What the new revision's pods report, in a few words (pure): how many are
+    ready and, for up to three that are not, each container's state, e.g.
+    ``0 of 1 new pods ready: pod a-7d9f-x Running: app running, not ready
+    (readiness probe not passing), 3 restarts``."""
+    if not pods:
+        return "no pod of the new revision yet"
+    ready = [p for p in pods if _ready(p)]
+    notes = []
+    for pod in pods:
+        if _ready(pod):
+            continue
+        probes = {c.get("name"): c for _, c in _container_entries({"spec": {"template": pod}})}
+        states = []
+        for cs in _statuses(pod):
+            state, name = cs.get("state") or {}, cs.get("name")
+            if "running" in state:
+                if cs.get("ready"):
+                    continue
+                text = "%s running, not ready" % name
+                if (probes.get(name) or {}).get("readinessProbe"):
+                    text += " (readiness probe not passing)"
+            elif "waiting" in state:
+                text = "%s waiting: %s" % (name, (state["waiting"] or {}).get("reason")
+                                           or "no reason")
+            elif "terminated" in state:
+                exit_code = (state["terminated"] or {}).get("exitCode")
+                if exit_code == 0:
+                    continue
+                text = "%s exited %s" % (name, exit_code)
+            else:
+                continue
+            restarts = cs.get("restartCount") or 0
+            if restarts:
+                text += ", %d restart%s" % (restarts, "" if restarts == 1 else "s")
+            states.append(text)
+        if not states:
+            ready_condition = next((c for c in (pod.get("status") or {}).get("conditions") or []
+                                    if c.get("type") == "Ready"), {})
+            states.append(ready_condition.get("message") or ready_condition.get("reason")
+                          or "not ready")
+        notes.append("pod %s %s: %s" % (_meta(pod).get("name", "?"), (pod.get("status") or {})
+                                         .get("phase") or "Pending", "; ".join(states)))
+        if len(notes) == 3:
+            break
+    return "%d of %d new pod%s ready%s" % (len(ready), len(pods), "" if len(pods) == 1 else "s",
+                                           ": " + "; ".join(notes) if notes else "")
 
 
 def verify_pods(pods, containers, target, digest):
@@ -2231,8 +2421,98 @@ def verify_pods(pods, containers, target, digest):
 
 
 # --------------------------------------------------------------------------
-# 8. kubectl: the subprocess edge
+# 8. Cluster access: the operations the engine asks for, and their errors
 # --------------------------------------------------------------------------
+
+
+class ClusterError(BumpError):
+    """A request to the cluster failed.  ``code`` is ``kubectl_failed`` (the
+    contract's code for a failed cluster request, under either access, so that
+    scripts match one code; the message says what failed) or
+    ``deadline_exceeded`` (the run's deadline cut it); ``status`` is the HTTP
+    status when it is known (the API access), else None; ``timed_out`` tells a
+    request that got no answer in time (a write may still have been applied)."""
+
+    code = "kubectl_failed"
+
+    def __init__(self, message, code=None, status=None, timed_out=False):
+        super().__init__(message, code)
+        self.status = status
+        self.timed_out = timed_out
+
+
+KubectlFailed = ClusterError       # version 2's name
+
+
+def deadline_error(what, deadline_seconds):
+    """The ``ClusterError`` of work that the run's deadline cut."""
+    return ClusterError("the run's deadline (deadline_seconds: %g) cut %s short"
+                        % (deadline_seconds or 0, what), "deadline_exceeded", timed_out=True)
+
+
+@dataclass
+class Reading:
+    """One read of named workloads of one kind: ``objects`` (``{name: object}``)
+    found, ``errors`` (``{name: ClusterError}``) for names that could not be
+    read; a name in neither does not exist."""
+
+    objects: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+
+
+def _chunks(names, size=None):
+    size = size or CHUNK
+    return [list(names[i:i + size]) for i in range(0, len(names), size)]
+
+
+class ClusterAccess:
+    """The cluster operations of one run.  Two implementations: ``KubectlAccess``
+    (kubectl as a subprocess) and ``ApiAccess`` (the Kubernetes API over HTTPS,
+    with the pod's service account).  Every operation touches only what it is
+    given (workloads by name; ReplicaSets and Pods by a label selector), raises
+    ``ClusterError`` for what failed, and ends every wait by the run's deadline.
+
+    ``check()``
+        the access can work here at all; else ``EnvironmentProblem`` (exit 4).
+    ``current_context()``
+        kubectl's current context, or None when there is none (the API access).
+    ``read(kind, names) -> Reading``
+        workloads of one kind (``deployment``, ``statefulset``, ``daemonset``).
+    ``patch(kind, names, body) -> {name: None | ClusterError}``
+        one strategic merge patch (JSON text) for each named workload.
+    ``pods(selector, replicasets) -> ([ReplicaSet], [Pod])``
+        by a label selector (None: the whole namespace); ReplicaSets on request.
+    ``undo(workload, revision) -> message``
+        what ``kubectl rollout undo`` does (a Deployment ``--to-revision``).
+    ``delete_pods(names)``, ``nodes() -> [Node]``, ``stop()`` (an interrupt).
+    """
+
+    name = None
+
+    def __init__(self, settings, time_left=None):
+        self.settings = settings
+        self.time_left = time_left or (lambda: None)
+
+    def budget(self, timeout):
+        """``(seconds, cut)``: ``timeout`` cut to what is left of the run's deadline,
+        and whether it was cut."""
+        left = self.time_left()
+        if left is None or left >= timeout:
+            return timeout, False
+        return max(0.1, left), True
+
+    def out_of_time(self):
+        left = self.time_left()
+        return left is not None and left <= 0.25
+
+    def deadline_error(self, what):
+        return deadline_error(what, self.settings.deadline_seconds)
+
+    def stop(self):
+        """End what is running (an interrupt)."""
+
+
+# -- kubectl: the subprocess edge --------------------------------------------------
 
 
 @dataclass
@@ -2390,6 +2670,7 @@ def _kill_group(proc):
 
 
 _KLOG_RE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")
+_NO_CONTEXT_RE = re.compile(r"current-context is not set", re.I)
 
 
 def kubectl_message(completed):
@@ -2401,14 +2682,17 @@ def kubectl_message(completed):
     return text if len(text) <= 1000 else text[:997] + "..."
 
 
-class Kubectl:
-    """kubectl calls for one run: global flags, deadlines (cut to what is left of
-    the run's own deadline), errors as ``KubectlFailed``."""
+class KubectlAccess(ClusterAccess):
+    """The cluster through kubectl: global flags, one argument list per call (never
+    a shell), a deadline on every call (cut to what is left of the run's), and
+    kubectl's failures as ``ClusterError`` with its own message."""
+
+    name = "kubectl"
 
     def __init__(self, settings, runner, env, time_left=None):
+        super().__init__(settings, time_left)
         self.runner = runner
         self.env = env
-        self.time_left = time_left or (lambda: None)
         self.base = [settings.kubectl]
         if settings.context:
             self.base.append("--context=" + settings.context)
@@ -2420,29 +2704,49 @@ class Kubectl:
             self.base.append("--cache-dir=" + _private_cache_dir(env))
         self.ns = "--namespace=" + settings.namespace
 
-    def deadline(self, timeout):
-        """``timeout`` cut to what is left of the run's deadline."""
-        left = self.time_left()
-        return timeout if left is None else max(0.5, min(timeout, left))
+    def check(self):
+        resolve = getattr(self.runner, "resolve", None)
+        if resolve is not None and resolve(self.settings.kubectl, self.env) is None:
+            raise EnvironmentProblem(
+                "kubectl not found or not executable: %s" % self.settings.kubectl,
+                "kubectl_missing",
+                hint='install kubectl, give its path as "kubectl" in the payload, or run in'
+                     ' a pod with "cluster_access": "api"')
+
+    # -- calls -------------------------------------------------------------
 
     def call(self, args, timeout=KUBECTL_CALL_TIMEOUT, tag=None, request_timeout=True):
-        timeout = self.deadline(timeout)
+        """Run kubectl; a ``Completed`` whose ``cut`` says the run's deadline
+        shortened its time-out."""
+        seconds, cut = self.budget(timeout)
         argv = self.base + list(args)
         if request_timeout:
-            argv.append("--request-timeout=%ds" % max(1, min(KUBECTL_REQUEST_TIMEOUT,
-                                                             int(timeout))))
+            # milliseconds: a whole-second time-out rounded down gave up early
+            argv.append("--request-timeout=%dms" % max(
+                100, int(min(KUBECTL_REQUEST_TIMEOUT, seconds) * 1000)))
         try:
-            return self.runner(argv, timeout=timeout, env=self.env, tag=tag)
+            done = self.runner(argv, timeout=seconds, env=self.env, tag=tag)
         except OSError as exc:
-            raise KubectlFailed("cannot run %s: %s" % (self.base[0], exc.strerror or exc))
+            raise ClusterError("cannot run %s: %s" % (self.base[0], exc.strerror or exc))
+        done.cut = cut
+        done.seconds = seconds
+        return done
+
+    def failure(self, done, what):
+        """The ``ClusterError`` of a call that failed or timed out."""
+        if getattr(done, "cut", False) and self.out_of_time():
+            return self.deadline_error("kubectl " + what)
+        if done.timed_out:
+            return ClusterError("kubectl %s did not finish within %g s"
+                                % (what, getattr(done, "seconds", KUBECTL_CALL_TIMEOUT)),
+                                timed_out=True)
+        message = kubectl_message(done)
+        return ClusterError(message, timed_out=bool(_CLIENT_TIMEOUT_RE.search(message)))
 
     def checked(self, args, what):
         done = self.call(args)
-        if done.timed_out:
-            raise KubectlFailed("kubectl %s did not finish within %g s"
-                                % (what, self.deadline(KUBECTL_CALL_TIMEOUT)))
-        if done.returncode != 0:
-            raise KubectlFailed(kubectl_message(done))
+        if done.timed_out or done.returncode != 0:
+            raise self.failure(done, what)
         return done
 
     def json(self, args, what):
@@ -2453,16 +2757,109 @@ class Kubectl:
         try:
             data = json.loads(text)
         except ValueError:
-            raise KubectlFailed("kubectl %s printed output that is not JSON: %s"
-                                % (what, text[:200]))
+            raise ClusterError("kubectl %s printed output that is not JSON: %s"
+                               % (what, text[:200]))
         if not isinstance(data, dict):
-            raise KubectlFailed("kubectl %s printed unexpected JSON" % what)
+            raise ClusterError("kubectl %s printed unexpected JSON" % what)
         return data
 
-    def kill(self, tag=None):
+    # -- the operations ----------------------------------------------------
+
+    def current_context(self):
+        done = self.call(["config", "current-context"], request_timeout=False)
+        if done.returncode == 0 and not done.timed_out:
+            return done.stdout.strip() or None
+        if not done.timed_out and _NO_CONTEXT_RE.search(done.stderr):
+            return None
+        raise ClusterError("cannot read kubectl's current context: %s"
+                           % self.failure(done, "config current-context").message)
+
+    def read(self, kind, names):
+        reading = Reading()
+        for chunk in _chunks(names):
+            self._read(kind, chunk, reading)
+        return reading
+
+    def _read(self, kind, names, reading):
+        """One kubectl for up to CHUNK names; when it fails, which name failed is
+        found by reading each on its own (a Forbidden or missing kind fails only
+        its own workloads)."""
+        try:
+            data = self.json(["get"] + ["%s/%s" % (kind, n) for n in names]
+                             + [self.ns, "--ignore-not-found"], "get %ss" % kind)
+        except ClusterError as exc:
+            if len(names) == 1 or exc.code == "deadline_exceeded":
+                reading.errors.update(dict.fromkeys(names, exc))
+            else:
+                for name in names:
+                    self._read(kind, [name], reading)
+            return
+        title = KINDS[kind]
+        for obj in _items(data):
+            name = _meta(obj).get("name")
+            if obj.get("kind") == title and name in names:
+                reading.objects[name] = obj
+
+    def patch(self, kind, names, body):
+        results = {}
+        for chunk in _chunks(names):
+            self._patch(kind, chunk, body, results)
+        return results
+
+    def _patch(self, kind, names, body, results):
+        done = self.call(["patch", kind] + names + [
+            self.ns, "--type=strategic", "--field-manager=" + FIELD_MANAGER,
+            "--patch=" + body, "--output=name"])
+        patched = {line.rsplit("/", 1)[-1] for line in done.stdout.splitlines()}
+        ok = done.returncode == 0 and not done.timed_out
+        for name in names:
+            if ok or name in patched:
+                results[name] = None
+        rest = [n for n in names if n not in results]
+        if not rest:
+            return
+        error = self.failure(done, "patch")
+        if error.timed_out or error.code == "deadline_exceeded":
+            results.update(dict.fromkeys(rest, error))
+            return
+        # kubectl patches in the order given and stops at the first failure: that
+        # one failed, the rest were not tried
+        results[rest[0]] = error
+        if rest[1:]:
+            self._patch(kind, rest[1:], body, results)
+
+    def pods(self, selector, replicasets=True):
+        kinds = "replicasets,pods" if replicasets else "pods"
+        args = ["get", kinds, self.ns]
+        if selector:
+            args.append("--selector=" + selector)
+        items = _items(self.json(args, "get " + kinds))
+        return ([i for i in items if i.get("kind") == "ReplicaSet"],
+                [i for i in items if i.get("kind") == "Pod"])
+
+    def undo(self, workload, revision):
+        args = ["rollout", "undo", workload.resource, self.ns]
+        if revision and workload.kind == "deployment":
+            args.append("--to-revision=" + revision)
+        return self.checked(args, "rollout undo").stdout.strip()
+
+    def delete_pods(self, names):
+        self.checked(["delete", "pod"] + list(names) + [self.ns, "--wait=false"],
+                     "delete pod")
+
+    def nodes(self):
+        return [n for n in _items(self.json(["get", "nodes"], "get nodes"))
+                if n.get("kind") == "Node"]
+
+    def stop(self):
         kill = getattr(self.runner, "kill", None)
         if kill is not None:
-            kill(tag)
+            kill(None)
+
+
+#: kubectl's words for a request that got no answer in time (a write may have landed).
+_CLIENT_TIMEOUT_RE = re.compile(r"Client\.Timeout|context deadline exceeded|i/o timeout|"
+                                r"timed out|Timeout exceeded", re.I)
 
 
 def _private_cache_dir(env):
@@ -2489,8 +2886,645 @@ def _items(data):
     return [data]
 
 
+# -- the API itself, with the pod's service account -----------------------------
+
+SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+API_REQUEST_TIMEOUT = 20.0     # seconds per API request (kubectl's --request-timeout)
+API_BODY_LIMIT = 64 << 20      # bytes of one API answer at most (a page of 500 pods)
+API_PAGE = 500                 # objects per page of a list (kubectl's chunk size)
+API_RETRIES = 3                # answers 429, 409 (a write), 5xx + Retry-After: retries
+RBAC_POINTER = "README.md, section RBAC, and deploy/rbac.yaml"
+
+#: Where each kind lives in the API: (group-version path, plural).
+API_PATHS = {
+    "deployment": ("/apis/apps/v1", "deployments"), "statefulset": ("/apis/apps/v1",
+                                                                    "statefulsets"),
+    "daemonset": ("/apis/apps/v1", "daemonsets"), "replicaset": ("/apis/apps/v1",
+                                                                 "replicasets"),
+    "controllerrevision": ("/apis/apps/v1", "controllerrevisions"),
+    "pod": ("/api/v1", "pods"), "node": ("/api/v1", "nodes"),
+}
+#: Deployment annotations ``rollout undo`` keeps from the Deployment, not the ReplicaSet.
+UNDO_KEEPS = frozenset((
+    "kubectl.kubernetes.io/last-applied-configuration", REVISION,
+    "deployment.kubernetes.io/revision-history", "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas", "deprecated.deployment.rollback.to"))
+POD_TEMPLATE_HASH = "pod-template-hash"
+
+
+class ServiceAccount:
+    """The pod's credentials: the API server from ``KUBERNETES_SERVICE_HOST``/
+    ``_PORT``, the token and CA certificate from the service-account folder
+    (``$BUMP_IMAGE_SERVICEACCOUNT_DIR``, else the standard one).  The token is
+    read again whenever its file changes (projected tokens rotate: the kubelet
+    swaps the file)."""
+
+    def __init__(self, env):
+        self.folder = env.get("BUMP_IMAGE_SERVICEACCOUNT_DIR") or SERVICEACCOUNT_DIR
+        host = (env.get("KUBERNETES_SERVICE_HOST") or "").strip()
+        port = (env.get("KUBERNETES_SERVICE_PORT") or "443").strip()
+        self.server = self._problem = None
+        if not host:
+            self._problem = "KUBERNETES_SERVICE_HOST is not set (not in a pod)"
+        elif not port.isdigit() or _split_http_url("https://%s:%s/" % (
+                "[%s]" % host if ":" in host else host, port))[0] is None:
+            self._problem = "KUBERNETES_SERVICE_HOST/_PORT do not make a URL: %r:%r" % (
+                host, port)
+        else:
+            self.server = "https://%s:%s" % ("[%s]" % host if ":" in host else host, port)
+        self.token_path = os.path.join(self.folder, "token")
+        self.ca_path = os.path.join(self.folder, "ca.crt")
+        self._token = None
+        self._stamp = None
+        self._lock = threading.Lock()
+
+    def problem(self):
+        """Why the service account cannot be used here, or None."""
+        if self._problem:
+            return self._problem
+        for path in (self.token_path, self.ca_path):
+            if not os.access(path, os.R_OK):
+                return "no readable %s (the service account's folder is %s)" % (path, self.folder)
+        return None
+
+    def token(self):
+        """The current token; raises ``ClusterError`` when it cannot be read."""
+        with self._lock:
+            try:
+                info = os.stat(self.token_path)
+                stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+                if stamp != self._stamp or self._token is None:
+                    with open(self.token_path, "rb") as fh:
+                        token = fh.read(PAYLOAD_LIMIT).decode("ascii").strip()
+                    if not token or _CONTROL_RE.search(token) or " " in token:
+                        raise ValueError("it is empty or not a token")
+                    self._token, self._stamp = token, stamp
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                raise ClusterError("cannot read the service account's token %s: %s"
+                                   % (self.token_path, getattr(exc, "strerror", None) or exc))
+            return self._token
+
+    def forget(self):
+        """Read the token again next time (the API refused it: it may have rotated)."""
+        with self._lock:
+            self._stamp = None
+
+
+def selector_text(label_selector):
+    """A ``LabelSelector`` object as the selector text of a list request (pure);
+    None when it selects everything."""
+    label_selector = label_selector or {}
+    parts = ["%s=%s" % (k, v) for k, v in sorted((label_selector.get("matchLabels")
+                                                   or {}).items())]
+    for expr in label_selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In":
+            parts.append("%s in (%s)" % (key, ",".join(values)))
+        elif op == "NotIn":
+            parts.append("%s notin (%s)" % (key, ",".join(values)))
+        elif op == "Exists":
+            parts.append(key)
+        elif op == "DoesNotExist":
+            parts.append("!" + key)
+    return ",".join(parts) or None
+
+
+def _controlled_by(obj, uid):
+    return any(ref.get("uid") == uid and ref.get("controller")
+               for ref in _meta(obj).get("ownerReferences") or [])
+
+
+def _without_hash(template):
+    template = json.loads(json.dumps(template or {}))
+    labels = (template.get("metadata") or {}).get("labels")
+    if isinstance(labels, dict):
+        labels.pop(POD_TEMPLATE_HASH, None)
+    return template
+
+
+def _plain_template(template):
+    """A template as compared by ``rollout undo``: without a null creationTimestamp
+    (kubectl up to 1.33 writes one into revisions) or the ``$patch`` directive."""
+    template = json.loads(json.dumps(template or {}))
+    template.pop("$patch", None)
+    meta = template.get("metadata")
+    if isinstance(meta, dict) and meta.get("creationTimestamp") is None:
+        meta.pop("creationTimestamp", None)
+        if not meta:
+            template.pop("metadata")
+    return template
+
+
+def undo_deployment_patch(deployment, replicasets, revision):
+    """What ``kubectl rollout undo deployment --to-revision=N`` sends (pure, after
+    kubectl's DeploymentRollbacker): ``(json patch, None)`` that restores the
+    ReplicaSet of ``revision`` (the previous one when None): its template without
+    the ``pod-template-hash`` label, and its annotations (but those the Deployment
+    keeps); ``(None, message)`` when there is nothing to send (already at that
+    revision); raises ``ClusterError`` when the revision is not in the history."""
+    uid = _meta(deployment).get("uid")
+    history = []
+    for rs in replicasets:
+        number = _annotations(rs).get(REVISION)
+        if _controlled_by(rs, uid) and isinstance(number, str) and number.isdigit():
+            history.append((int(number), rs))
+    history.sort(key=lambda item: item[0])
+    if revision:
+        found = [rs for number, rs in history if str(number) == str(revision)]
+        if not found:
+            raise ClusterError("unable to find specified revision %s in history" % revision)
+        target, number = found[0], revision
+    else:
+        if len(history) < 2:
+            raise ClusterError('no rollout history found for deployment "%s"'
+                               % _meta(deployment).get("name"))
+        number, target = history[-2]
+    if (deployment.get("spec") or {}).get("paused"):
+        raise ClusterError("you cannot rollback a paused deployment; resume it first with"
+                           " 'kubectl rollout resume' and try again")
+    template = _without_hash(_pod_template(target))
+    if template == _without_hash(_pod_template(deployment)):
+        return None, "skipped rollback (current template already matches revision %s)" % number
+    annotations = {k: v for k, v in _annotations(deployment).items() if k in UNDO_KEEPS}
+    annotations.update((k, v) for k, v in _annotations(target).items() if k not in UNDO_KEEPS)
+    return [{"op": "replace", "path": "/spec/template", "value": template},
+            {"op": "replace", "path": "/metadata/annotations", "value": annotations}], None
+
+
+def undo_revision_patch(obj, revisions):
+    """What ``kubectl rollout undo`` sends for a StatefulSet or DaemonSet (pure,
+    after kubectl's rollbackers): ``(the previous ControllerRevision's data, None)``,
+    or ``(None, message)`` when the template already matches it; raises
+    ``ClusterError`` when there is no previous revision."""
+    uid = _meta(obj).get("uid")
+    history = sorted((r for r in revisions if _controlled_by(r, uid)),
+                     key=lambda r: r.get("revision") or 0)
+    if len(history) <= 1:
+        raise ClusterError("no last revision to roll back to")
+    target = history[-2]
+    data = target.get("data") or {}
+    wanted = _plain_template((data.get("spec") or {}).get("template"))
+    if wanted == _plain_template(_pod_template(obj)):
+        return None, ("skipped rollback (current template already matches revision %s)"
+                      % target.get("revision"))
+    return data, None
+
+
+#: How the API server's RBAC authorizer words a refusal.
+_RBAC_DENIAL_RE = re.compile(r'cannot [a-z]+ resource "')
+
+
+class ApiAccess(ClusterAccess):
+    """The cluster through its API, as a pod speaks to it: HTTPS to
+    ``KUBERNETES_SERVICE_HOST``, TLS verified against the service account's CA
+    (always), its bearer token (read again when the file changes, and once more
+    after a 401), requests scoped to the namespace with a time-out each (cut to
+    the run's deadline).  A 429 (or a 5xx with ``Retry-After``) is retried after its
+    ``Retry-After``, a 409 on a write after a second, ``API_RETRIES`` times.  A 401 or 403 names
+    what the service account lacks and where README's RBAC is."""
+
+    name = "api"
+
+    def __init__(self, settings, env, time_left=None, clock=None, stopped=None, log=None,
+                 opener=None):
+        super().__init__(settings, time_left)
+        self.env = env
+        self.account = ServiceAccount(env)
+        self.clock = clock or time.monotonic
+        self.stopped = stopped or (lambda: False)
+        self.log = log or _silent
+        self._opener = opener
+        self.ns = settings.namespace
+
+    def unavailable(self):
+        return self.account.problem()
+
+    def check(self):
+        why = self.unavailable()
+        if why is not None:
+            raise EnvironmentProblem(
+                "cluster_access is api, but there is no usable service account: %s" % why,
+                "serviceaccount_missing",
+                hint="run in a pod with a service account, set $BUMP_IMAGE_SERVICEACCOUNT_DIR,"
+                     ' or use "cluster_access": "kubectl"')
+
+    def opener(self):
+        if self._opener is None:
+            import ssl  # HTTP/TLS stack: loaded only when the API is used
+            context = ssl.create_default_context(cafile=self.account.ca_path)
+            self._opener = default_opener(ssl_context=context, env=self.env)
+        return self._opener
+
+    # -- requests --------------------------------------------------------------
+
+    def path(self, kind, name=None, sub=None, namespaced=True):
+        prefix, plural = API_PATHS[kind]
+        out = prefix + ("/namespaces/%s" % self.ns if namespaced else "") + "/" + plural
+        if name is not None:
+            out += "/" + name
+        return out + ("/" + sub if sub else "")
+
+    def request(self, method, path, what, query=None, body=None, content_type=None):
+        """One API call: the answer as a dict; raises ``ClusterError``."""
+        url = self.account.server + path + ("?" + urlencode(query) if query else "")
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        attempt, refreshed = 0, False
+        while True:
+            seconds, cut = self.budget(API_REQUEST_TIMEOUT)
+            headers = {"Accept": "application/json"}
+            if data is not None:
+                headers["Content-Type"] = content_type or "application/json"
+            try:
+                resp = http_call(self.opener(), self.clock, method, url, headers,
+                                 auth="Bearer " + self.account.token(), data=data,
+                                 timeout=seconds, cut=cut, read_body=True, error_body=True,
+                                 body_limit=API_BODY_LIMIT, too_large="kubectl_failed",
+                                 stopped=self.stopped)
+            except _AttemptFailed as failed:
+                outcome = failed.outcome
+                if outcome.code == "deadline_exceeded" or (cut and self.out_of_time()):
+                    raise self.deadline_error("the API request to " + what)
+                raise ClusterError("%s: %s" % (what, outcome.message),
+                                   timed_out=outcome.code == "timeout")
+            if 200 <= resp.status < 300:
+                return self._json(resp, what)
+            message = self._status_message(resp)
+            if resp.status == 401 and not refreshed:
+                self.account.forget()          # a rotated token: read it again, once
+                refreshed = True
+                continue
+            # client-go's rule: a 429, or a 5xx that says when to come back; and a
+            # conflict on a write (our patches carry no resourceVersion: safe to resend)
+            retry = resp.status == 429 or (resp.status >= 500 and resp.headers.get(
+                "Retry-After")) or (resp.status == 409 and method != "GET")
+            if retry and attempt < API_RETRIES:
+                attempt += 1
+                wait = parse_retry_after(resp.headers.get("Retry-After"))
+                wait = min(RETRY_AFTER_CAP, 1.0 if wait is None else wait)
+                left = self.time_left()
+                if left is not None and left - wait < 1.0:
+                    raise self.refused(resp.status, message, what)
+                self.log("API %s answered %d (%s); again in %g s (%d of %d)" % (
+                    what, resp.status, message, wait, attempt, API_RETRIES))
+                self._sleep(wait)
+                continue
+            raise self.refused(resp.status, message, what)
+
+    def _sleep(self, seconds):
+        until = self.clock() + seconds
+        while not self.stopped() and self.clock() < until:
+            time.sleep(min(_POLL, max(0.0, until - self.clock())))
+
+    @staticmethod
+    def _json(resp, what):
+        try:
+            data = json.loads(resp.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ClusterError("the API answered %s with something that is not JSON: %r"
+                               % (what, resp.body[:200]))
+        if not isinstance(data, dict):
+            raise ClusterError("the API answered %s with unexpected JSON" % what)
+        return data
+
+    @staticmethod
+    def _status_message(resp):
+        try:
+            status = json.loads(resp.body.decode("utf-8"))
+            message = status.get("message") if isinstance(status, dict) else None
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            message = None
+        if not isinstance(message, str) or not message:
+            message = resp.body[:200].decode("utf-8", "replace").strip() or "no message"
+        return message if len(message) <= 1000 else message[:997] + "..."
+
+    def refused(self, status, message, what):
+        """The ``ClusterError`` of an answer that will not change by retrying."""
+        if status == 401:
+            return ClusterError(
+                "the API refused the service account's token (401 Unauthorized) for %s: the"
+                " token at %s is not valid for this cluster (expired, or of another cluster);"
+                " see %s" % (what, self.account.token_path, RBAC_POINTER), status=401)
+        if status == 403:
+            if _RBAC_DENIAL_RE.search(message):      # not, e.g., an admission webhook's word
+                message += ": the service account lacks this permission; see " + RBAC_POINTER
+            return ClusterError("Forbidden (403): " + message, status=403)
+        return ClusterError("the API answered %d to %s: %s" % (status, what, message),
+                            status=status)
+
+    def get(self, kind, name, what=None, namespaced=True):
+        """One object, or None when it does not exist."""
+        try:
+            return self.request("GET", self.path(kind, name, namespaced=namespaced),
+                                what or "get %ss/%s" % (kind, name))
+        except ClusterError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind, selector=None, namespaced=True):
+        """Every object of ``kind`` (by ``selector``), page by page (``continue``)."""
+        title = {"pod": "Pod", "node": "Node", "replicaset": "ReplicaSet",
+                 "controllerrevision": "ControllerRevision"}.get(kind, KINDS.get(kind))
+        items, token = [], None
+        while True:
+            query = {"limit": str(API_PAGE)}
+            if selector:
+                query["labelSelector"] = selector
+            if token:
+                query["continue"] = token
+            data = self.request("GET", self.path(kind, namespaced=namespaced),
+                                "list %ss%s" % (kind, " -l " + selector if selector else ""),
+                                query=query)
+            for item in data.get("items") or []:
+                if isinstance(item, dict):
+                    item.setdefault("kind", title)
+                    items.append(item)
+            token = (data.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+
+    # -- the operations ----------------------------------------------------------
+
+    def current_context(self):
+        return None
+
+    def read(self, kind, names):
+        reading = Reading()
+        for i, name in enumerate(names):
+            try:
+                obj = self.get(kind, name)
+            except ClusterError as exc:
+                reading.errors[name] = exc
+                if exc.code == "deadline_exceeded":
+                    reading.errors.update(dict.fromkeys(names[i + 1:], exc))
+                    break
+                continue
+            if obj is not None:
+                obj.setdefault("kind", KINDS[kind])
+                reading.objects[name] = obj
+        return reading
+
+    def patch(self, kind, names, body):
+        results = {}
+        patch = json.loads(body)
+        for name in names:
+            try:
+                self.request("PATCH", self.path(kind, name), "patch %ss/%s" % (kind, name),
+                             query={"fieldManager": FIELD_MANAGER}, body=patch,
+                             content_type="application/strategic-merge-patch+json")
+                results[name] = None
+            except ClusterError as exc:
+                results[name] = exc
+        return results
+
+    def pods(self, selector, replicasets=True):
+        return (self.list("replicaset", selector) if replicasets else [],
+                self.list("pod", selector))
+
+    def undo(self, workload, revision):
+        what = "rollout undo %s" % workload.resource
+        obj = self.get(workload.kind, workload.name)
+        if obj is None:
+            raise ClusterError('%s "%s" not found' % (workload.title, workload.name),
+                               status=404)
+        selector = selector_text((obj.get("spec") or {}).get("selector"))
+        if workload.kind == "deployment":
+            patch, skipped = undo_deployment_patch(obj, self.list("replicaset", selector),
+                                                   revision)
+            content_type = "application/json-patch+json"
+        else:
+            patch, skipped = undo_revision_patch(obj, self.list("controllerrevision", selector))
+            content_type = "application/strategic-merge-patch+json"
+        if skipped:
+            return skipped
+        self.request("PATCH", self.path(workload.kind, workload.name), what, body=patch,
+                     content_type=content_type)
+        return "%s rolled back" % workload.resource
+
+    def delete_pods(self, names):
+        for name in names:
+            try:
+                self.request("DELETE", self.path("pod", name), "delete pods/" + name)
+            except ClusterError as exc:
+                if exc.status != 404:
+                    raise
+
+    def nodes(self):
+        return self.list("node", namespaced=False)
+
+    def stop(self):
+        sockets = getattr(self._opener, "sockets", None)
+        if sockets is not None:
+            sockets.expire_all()
+
+
 # --------------------------------------------------------------------------
-# 9. The engine: preflight -> probe -> read -> apply -> wait -> verify -> report
+# 9. Rollouts: each workload's verdict from its own object
+# --------------------------------------------------------------------------
+
+#: Seconds between polls of the workloads being waited for, by the wait's age:
+#: often at first (most rollouts end within seconds), then ever less often.
+POLL_STEPS = ((10.0, 0.5), (30.0, 1.0), (120.0, 2.0), (None, 5.0))
+POLL_FIRST = 0.25       # seconds after a wait starts before its first poll
+POLL_RATE = 20.0        # objects read per second at most, on average, while polling
+READ_STRIKES = 3        # failed reads of one workload in a row that end its wait
+_FIRST_DIAGNOSIS = 2.0  # seconds after a wait starts before the first look at its pods
+
+
+def poll_interval(elapsed, pending):
+    """Seconds until the next poll (pure): by the wait's age (``POLL_STEPS``), and
+    never more than ``POLL_RATE`` objects a second on average."""
+    step = POLL_STEPS[-1][1]
+    for until, seconds in POLL_STEPS:
+        if until is None or elapsed < until:
+            step = seconds
+            break
+    return max(step, pending / POLL_RATE)
+
+
+@dataclass(eq=False)
+class _Wait:
+    """One rollout being waited for: a change, an unfinished rollout found at the
+    target ("existing"), or a rollback."""
+
+    comp: object                   # the Component
+    deadline: float                # clock() value
+    timeout: float                 # seconds, as the payload gave them
+    purpose: str                   # "change", "existing" or "rollback"
+    expected: dict                 # {container: image} the new pods run
+    by_run_deadline: bool = False  # the deadline is the run's, not the rollout's
+    finished: bool = False
+    error: tuple = None            # (code, message) once finished badly
+    failed: tuple = None           # for a rollback: the failure that caused it
+    obj: dict = None               # the workload as last read
+    strikes: int = 0               # failed reads in a row
+    said: str = None               # the last progress line about its status
+    pods_said: str = None          # ... and about its pods
+
+    def end(self, error=None):
+        self.finished, self.error = True, error
+
+
+class Rollouts:
+    """Waiting for rollouts.  Each workload's verdict comes from its own object: a
+    bounded poll reads the workloads being waited for by name
+    (``ClusterAccess.read``, one request per object, one kind at a time) and
+    judges each with ``rollout_verdict`` (kubectl's status viewers), so a
+    workload that hangs, fails, is forbidden or goes away changes nothing for
+    another, in any order and at any number.  Polls come ``POLL_FIRST`` after
+    the wait starts, then by ``poll_interval``; only the workloads still pending
+    are read.
+
+    Meanwhile one read of their ReplicaSets and Pods (by a label selector that
+    covers them all) looks for pods that cannot start (``diagnose``): 2 s after
+    the wait starts, then every ``fail_fast_seconds``/6 (1 to 5 s), and again
+    exactly when a problem seen earlier has lasted ``fail_fast_seconds``; such a
+    problem stops that workload's wait.  The same read says what the pods report
+    (``describe_pods``) in the progress lines and in a time-out's message.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def wait(self, waits):
+        e = self.engine
+        started = e.clock()
+        for w in waits:
+            e.log("%s: waiting for the rollout (up to %d s)" % (
+                w.comp.workload.key, max(0, int(w.deadline - started + 0.5))))
+        interval = min(5.0, max(1.0, e.settings.fail_fast_seconds / 6.0))
+        next_poll = started + POLL_FIRST
+        next_look, looking, first_seen = started + _FIRST_DIAGNOSIS, True, {}
+        while True:
+            e.check_signals()
+            pending = [w for w in waits if not w.finished]
+            if not pending:
+                return
+            late = [w for w in pending if e.clock() >= w.deadline]
+            if late:
+                self.time_out(late)
+                continue
+            if e.clock() >= next_poll:
+                self.poll(pending)
+                pending = [w for w in waits if not w.finished]
+                next_poll = e.clock() + poll_interval(e.clock() - started, len(pending))
+            if looking and pending and e.clock() >= next_look:
+                looking, due = self.fail_fast(pending, first_seen)
+                next_look = e.clock() + interval
+                if due is not None:
+                    next_look = min(next_look, due)
+                pending = [w for w in waits if not w.finished]
+            if pending:
+                wake = min([next_poll] + [w.deadline for w in pending]
+                           + ([next_look] if looking else []))
+                e.pause(wake - e.clock())
+
+    # -- the poll ------------------------------------------------------------
+
+    def poll(self, pending):
+        """Read the pending workloads by name, one kind at a time, and judge each."""
+        by_kind = {}
+        for w in pending:
+            by_kind.setdefault(w.comp.workload.kind, []).append(w)
+        for kind, group in by_kind.items():
+            reading = self.engine.access.read(kind, [w.comp.name for w in group])
+            for w in group:
+                self.judge(w, reading)
+
+    def judge(self, w, reading):
+        """One workload's verdict from what the poll read of it."""
+        e, comp = self.engine, w.comp
+        key, name = comp.workload.key, comp.name
+        error = reading.errors.get(name)
+        if error is not None:
+            if error.code == "deadline_exceeded":
+                w.end(self.timed_out(w) if w.by_run_deadline else (error.code, error.message))
+                return
+            w.strikes += 1
+            if w.strikes >= READ_STRIKES or error.status in (401, 403):
+                w.end(("kubectl_failed", "cannot read it during its rollout: " + error.message))
+            else:
+                e.log("%s: reading it failed (%d of %d): %s" % (
+                    key, w.strikes, READ_STRIKES, error.message))
+            return
+        w.strikes = 0
+        obj = reading.objects.get(name)
+        if obj is None or (comp.uid and _meta(obj).get("uid") != comp.uid):
+            w.end(("rollout_failed", '%s "%s" went away during the rollout (%s in namespace'
+                   ' "%s")' % (comp.workload.title, name, "not found" if obj is None else
+                               "deleted and created again", e.settings.namespace)))
+            return
+        w.obj = obj
+        done, message, failed = rollout_verdict(obj)
+        if done:
+            w.end(None)
+        elif failed:
+            progressing = _conditions(obj).get("Progressing") or {}
+            w.end(("rollout_failed", "ProgressDeadlineExceeded: %s%s" % (
+                message, ": " + progressing["message"] if progressing.get("message") else "")))
+        elif message != w.said:
+            w.said = message
+            e.log("%s: %s" % (key, message))
+
+    # -- time-outs -----------------------------------------------------------
+
+    def timed_out(self, w):
+        if w.by_run_deadline:
+            return ("deadline_exceeded", "the run's deadline (deadline_seconds: %g) passed"
+                    " before the rollout completed; the change stays applied and rolls on in"
+                    " the cluster" % self.engine.settings.deadline_seconds)
+        return ("rollout_timeout", "the rollout did not complete within %d s" % w.timeout)
+
+    def time_out(self, late):
+        """End the waits whose time is up, saying what their pods report (one read
+        for all of them, when there is time for it)."""
+        e = self.engine
+        state = None if e.out_of_time(0.5) else e.pods_of([w.comp for w in late])
+        for w in late:
+            code, message = self.timed_out(w)
+            said = [w.said] if w.said else []
+            if state is not None:
+                said.append(describe_pods(new_pods(w.comp.uid, w.expected, state[0], state[1],
+                                                   w.comp.digest)))
+            if said:
+                message += ": " + "; ".join(said)
+            w.end((code, message))
+
+    # -- fail fast -------------------------------------------------------------
+
+    def fail_fast(self, pending, first_seen):
+        """One read of the pending workloads' pods; end the waits whose problems
+        have lasted long enough.  Returns ``(readable, due)``: False when the read is
+        not possible (then only the polls remain), and when the earliest problem still
+        short of ``fail_fast_seconds`` will reach it (None: no such problem)."""
+        e = self.engine
+        state = e.pods_of([w.comp for w in pending])
+        if state is None:
+            return False, None
+        replicasets, pods = state
+        now, due, limit = e.clock(), None, e.settings.fail_fast_seconds
+        for w in pending:
+            comp = w.comp
+            for key, message, immediate in diagnose(w.obj, comp.uid, w.expected, replicasets,
+                                                    pods, comp.digest):
+                since = first_seen.setdefault(key, now)
+                if immediate or now - since >= limit:
+                    w.end(("rollout_failed", message))
+                    e.log("%s: %s, stopping the wait" % (comp.workload.key, message))
+                    break
+                when = since + limit
+                due = when if due is None else min(due, when)
+            if not w.finished:
+                text = describe_pods(new_pods(comp.uid, w.expected, replicasets, pods,
+                                              comp.digest))
+                if text != w.pods_said:
+                    w.pods_said = text
+                    e.log("%s: %s" % (comp.workload.key, text))
+        return True, due
+
+
+# --------------------------------------------------------------------------
+# 10. The engine: preflight -> probe -> read -> apply -> wait -> verify -> report
 # --------------------------------------------------------------------------
 
 
@@ -2537,6 +3571,7 @@ class Component:
     image: str                     # the target as set (pinned with pin_digest)
     digest: str                    # what the probe of its image saw, or None
     started: float                 # clock() when its work began
+    probed: bool = False           # its image was probed (and found)
     status: str = None             # None until finished
     previous_image: str = None
     containers: list = field(default_factory=list)
@@ -2585,43 +3620,6 @@ class Component:
 
 
 @dataclass
-class _Wait:
-    """One rollout being waited for: a change, an unfinished rollout found at the
-    target ("existing"), or a rollback."""
-
-    comp: Component
-    deadline: float                # clock() value
-    timeout: float                 # seconds, as the payload gave them
-    purpose: str                   # "change", "existing" or "rollback"
-    expected: dict                 # {container: image} the new pods run
-    by_run_deadline: bool = False  # the deadline is the run's, not the rollout's
-    finished: bool = False
-    error: tuple = None            # (code, message) once finished badly
-    failed: tuple = None           # for a rollback: the failure that caused it
-
-    def end(self, error=None):
-        self.finished, self.error = True, error
-
-
-@dataclass
-class _Batch:
-    """One ``kubectl rollout status`` child waiting for several rollouts in turn."""
-
-    waits: list
-    tag: str
-    done: threading.Event = field(default_factory=threading.Event)
-    completed: Completed = None
-    failure: str = None            # kubectl could not run
-    stopped: bool = False          # killed on purpose: its next wait is not at fault
-
-
-#: The lines ``kubectl rollout status`` prints when one resource's rollout is done.
-_DONE_LINE_RE = re.compile(r'^(?:deployment ".*" successfully rolled out|daemon set ".*"'
-                           r" successfully rolled out|partitioned roll out complete:"
-                           r"|statefulset rolling update complete )")
-
-
-@dataclass
 class Result:
     """Everything one run produced: a ``ProbeResult`` per distinct image (in order
     of first use), a ``Component`` per workload, the exit code, the signal that
@@ -2636,6 +3634,7 @@ class Result:
     interrupted: int = None
     duration: float = 0.0
     error: dict = None
+    cluster_access: str = None     # "kubectl" or "api"; None when none was chosen
 
     @property
     def probe(self):
@@ -2654,6 +3653,7 @@ class Result:
                 "unchanged": counts["unchanged"], "skipped": counts["skipped"],
                 "planned": counts["planned"], "errors": counts["error"],
                 "exit_code": self.exit_code, "error": self.error,
+                "cluster_access": self.cluster_access,
                 "duration_seconds": round(self.duration, 3)}
 
     def events(self):
@@ -2663,11 +3663,14 @@ class Result:
 
 
 class Engine:
-    """One run of the tool with its effects injected; see ``bump``."""
+    """One run of the tool with its effects injected; see ``bump``.  The stages, in
+    order: ``preflight`` (the cluster access, the context guard), ``probe``,
+    ``apply`` (read, decide, patch; ``settle`` waits through ``Rollouts`` and rolls
+    back), ``check_pods`` (verification), then the report (``run``)."""
 
     def __init__(self, settings, runner=None, opener=None, sleeper=None, clock=None,
                  env=None, on_event=None, progress=None, http_timeout=HTTP_TIMEOUT,
-                 signals=None, started=None):
+                 signals=None, started=None, access=None):
         self.settings = settings
         self.http_timeout = http_timeout
         self.signals = signals if signals is not None else NoSignals()
@@ -2684,7 +3687,8 @@ class Engine:
         self.env = dict(os.environ if env is None else env)
         self.on_event = on_event if on_event is not None else (lambda event: None)
         self.log = progress if progress is not None else _silent
-        self.kubectl = Kubectl(settings, self.runner, self.env, self.time_left)
+        self.access = access                   # chosen by preflight() unless given
+        self.rollouts = Rollouts(self)
         self.probers = {}
         self.probes = None
         self.components = []
@@ -2692,8 +3696,6 @@ class Engine:
         self.error = None
         self.context = None            # kubectl's current context, once read
         self._threads = []
-        self._batches = 0
-        self.cause = {ref: "bump_image " + ref.text for ref in settings.images}
 
     # -- time and signals ------------------------------------------------------
 
@@ -2713,6 +3715,11 @@ class Engine:
             self.stop.set()
             raise Interrupted(signum)
 
+    def pause(self, seconds):
+        """Wait up to ``seconds`` (a slice at a time, so that a signal is seen at once)."""
+        if seconds > 0:
+            self.stop.wait(min(seconds, _POLL))
+
     # -- the run -----------------------------------------------------------
 
     def run(self):
@@ -2726,22 +3733,24 @@ class Engine:
         except (Interrupted, KeyboardInterrupt) as exc:
             self.interrupted = getattr(exc, "signum", 2)
             self.stop.set()
-            self.kubectl.kill()
+            if self.access is not None:
+                self.access.stop()
             self.join_threads()
             self.finish_interrupted()
         image = self.settings.image
         result = Result(self.probes, self.components, self.exit_code(),
                         image.text if image else None,
                         {w.key: w.image.text for w in self.settings.workloads},
-                        self.interrupted, self.clock() - self.started, self.error)
+                        self.interrupted, self.clock() - self.started, self.error,
+                        self.access.name if self.access is not None else None)
         for comp in result.components:
             self.on_event(comp.event())
         self.on_event(result.summary())
         return result
 
     def join_threads(self, seconds=1.0):
-        """Give the probe or rollout threads ``seconds`` each to end after their
-        children were killed; a second signal ends the waiting at once."""
+        """Give the probe threads ``seconds`` each to end after an interrupt; a
+        second signal ends the waiting at once."""
         for thread in self._threads:
             until = time.monotonic() + seconds
             while thread.is_alive() and time.monotonic() < until and self.signals.count() < 2:
@@ -2785,57 +3794,74 @@ class Engine:
         image = workload.image.text
         if self.settings.pin_digest and probe.digest:
             image = workload.image.pinned(probe.digest)
-        return Component(workload, self.settings.namespace, image, probe.digest, self.clock())
+        return Component(workload, self.settings.namespace, image, probe.digest, self.clock(),
+                         probed=probe.status == "available")
 
     # -- preflight ---------------------------------------------------------
 
     def preflight(self):
-        """kubectl must exist; the context guard must pass (exit 4 otherwise).  The
-        guard is skipped in-cluster only when nothing names a cluster: no
-        ``context``, ``kubeconfig`` or ``KUBECONFIG``."""
-        resolve = getattr(self.runner, "resolve", None)
-        settings = self.settings
-        if resolve is not None and resolve(settings.kubectl, self.env) is None:
-            raise EnvironmentProblem(
-                "kubectl not found or not executable: %s" % settings.kubectl,
-                "kubectl_missing",
-                hint='install kubectl or give its path as "kubectl" in the payload')
-        expected = settings.expected_context
+        """The cluster access must be usable, and the context guard must pass
+        (exit 4 otherwise).  The guard takes ``context``, else kubectl's current
+        context; a context must be the expected one, in a pod or not.  It is
+        skipped only when kubectl has no current context in a pod (kubectl then
+        uses the pod's service account), or under the API access."""
+        if self.access is None:
+            self.access = self.choose_access()
+        expected = self.settings.expected_context
         if not expected:
             return
-        if self.in_cluster():
-            self.log("in-cluster (KUBERNETES_SERVICE_HOST is set, and no context, kubeconfig"
-                     " or KUBECONFIG names another cluster): context guard skipped")
+        if self.access.name == "api":
+            self.log("context guard skipped: cluster_access is api, which reaches only the"
+                     " cluster this pod runs in, with its service account (there is no kubectl"
+                     " context to compare)")
             return
-        actual = settings.context or self.current_context(EnvironmentProblem)
+        actual = self.settings.context
+        if actual is None:
+            try:
+                actual = self.context = self.access.current_context()
+            except ClusterError as exc:
+                raise EnvironmentProblem(exc.message, "context_mismatch")
+        if actual is None and self.env.get("KUBERNETES_SERVICE_HOST"):
+            self.log("context guard skipped: kubectl has no current context and"
+                     " KUBERNETES_SERVICE_HOST is set, so kubectl uses this pod's service"
+                     " account (the cluster the pod runs in)")
+            return
         if actual != expected:
             raise EnvironmentProblem(
                 "kubectl context is %s, expected %s: refusing to run"
-                % (json.dumps(actual), json.dumps(expected)), "context_mismatch",
+                % (json.dumps(actual) if actual else "not set", json.dumps(expected)),
+                "context_mismatch",
                 hint="switch with kubectl config use-context %s, or pass \"context\"" % expected)
 
-    def in_cluster(self):
-        """kubectl will use the pod's service account: nothing names a cluster."""
-        settings = self.settings
-        return bool(self.env.get("KUBERNETES_SERVICE_HOST") and not settings.context
-                    and not settings.kubeconfig and not self.env.get("KUBECONFIG"))
-
-    def current_context(self, error=None):
-        """kubectl's current context; ``error`` (an exception class) is raised when
-        it cannot be read, else None is returned."""
+    def choose_access(self):
+        """The cluster access ``cluster_access`` names; under ``auto``, kubectl when
+        its program is there, else the API when this is a pod with a service
+        account; else exit 4."""
+        mode = getattr(self.settings, "cluster_access", "kubectl")
+        kubectl = KubectlAccess(self.settings, self.runner, self.env, self.time_left)
+        if mode == "kubectl":
+            kubectl.check()
+            return kubectl
+        api = ApiAccess(self.settings, self.env, self.time_left, clock=self.clock,
+                        stopped=self.stop.is_set, log=self.log)
+        if mode == "api":
+            api.check()
+            return api
         try:
-            done = self.kubectl.call(["config", "current-context"], request_timeout=False)
-        except KubectlFailed as exc:
-            if error is None:
-                return None
-            raise error(exc.message, "kubectl_missing")
-        if done.returncode != 0 or done.timed_out:
-            if error is None:
-                return None
-            raise error("cannot read kubectl's current context: %s" % kubectl_message(done),
-                        "context_mismatch")
-        self.context = done.stdout.strip()
-        return self.context
+            kubectl.check()
+            return kubectl
+        except EnvironmentProblem as missing:
+            why = api.unavailable()
+            named = [k for k in ("context", "kubeconfig") if getattr(self.settings, k)]
+            if named:           # they name a cluster: the pod's own may be another one
+                why = "%s name%s a cluster for kubectl" % (" and ".join(named),
+                                                          "s" if len(named) == 1 else "")
+            if why is None:
+                self.log("kubectl not found (%s): speaking to the API with this pod's service"
+                         " account (cluster_access auto -> api)" % self.settings.kubectl)
+                return api
+            raise EnvironmentProblem("%s, and the API cannot be used instead: %s"
+                                     % (missing.message, why), missing.code, hint=missing.hint)
 
     # -- probe -------------------------------------------------------------
 
@@ -2877,51 +3903,48 @@ class Engine:
     # -- read ----------------------------------------------------------------
 
     def read(self):
-        """Every selected workload, with one kubectl process (per CHUNK):
-        ``{Workload: object}``; raises ``KubectlFailed`` (which every component then
-        reports)."""
-        workloads, objects = self.settings.workloads, {}
-        by_title = {title: kind for kind, title in KINDS.items()}
-        for start in range(0, len(workloads), CHUNK):
-            chunk = workloads[start:start + CHUNK]
-            kinds = ",".join(dict.fromkeys(w.kind + "s" for w in chunk))
-            data = self.kubectl.json(["get"] + [w.resource for w in chunk]
-                                     + [self.kubectl.ns, "--ignore-not-found"], "get " + kinds)
-            objects.update((Workload(by_title[obj["kind"]], _meta(obj).get("name")), obj)
-                           for obj in _items(data) if obj.get("kind") in by_title)
-        return objects
+        """Every selected workload by name, one kind at a time: ``({Workload:
+        object}, {Workload: ClusterError})``; a workload in neither is not there."""
+        by_kind = {}
+        for workload in self.settings.workloads:
+            by_kind.setdefault(workload.kind, []).append(workload.name)
+        objects, errors = {}, {}
+        for kind, names in by_kind.items():
+            reading = self.access.read(kind, names)
+            objects.update((Workload(kind, n), o) for n, o in reading.objects.items())
+            errors.update((Workload(kind, n), e) for n, e in reading.errors.items())
+        return objects, errors
 
     # -- apply ---------------------------------------------------------------
 
     def apply(self):
         settings = self.settings
-        objects, failure = {}, None
+        objects, errors, failure = {}, {}, None
         if self.out_of_time():
             failure = ("deadline_exceeded", "not checked or changed: the run's deadline came"
                        " first")
         else:
-            try:
-                objects = self.read()
-            except KubectlFailed as exc:
-                failure = ("kubectl_failed", exc.message)
+            objects, errors = self.read()
         waits, changes = [], []
         for workload in settings.workloads:
             comp = self.new_component(workload)
             self.components.append(comp)
-            if failure is None and self.out_of_time():
+            error = errors.get(workload)
+            if failure is not None:
+                comp.fail(failure[0], failure[1], self.clock)
+            elif error is not None:
+                comp.fail(error.code, error.message, self.clock)
+            elif self.out_of_time():
                 comp.fail("deadline_exceeded", "not checked or changed: the run's deadline"
                           " (deadline_seconds: %g) came first" % settings.deadline_seconds,
                           self.clock)
-                continue
-            if failure is not None:
-                comp.fail(failure[0], failure[1], self.clock)
-                continue
-            self.check_signals()
-            outcome = self.carry_out(comp, objects.get(workload))
-            if isinstance(outcome, _Wait):
-                waits.append(outcome)
-            elif outcome is not None:
-                changes.append(outcome)
+            else:
+                self.check_signals()
+                outcome = self.carry_out(comp, objects.get(workload))
+                if isinstance(outcome, _Wait):
+                    waits.append(outcome)
+                elif outcome is not None:
+                    changes.append(outcome)
             if not settings.parallel:
                 waits += self.patch(changes)
                 changes = []
@@ -2931,7 +3954,7 @@ class Engine:
         waits += self.patch(changes)
         if waits:
             self.settle(waits)
-        if failure is None and not objects:
+        if failure is None and not objects and not errors:
             self.none_found()
         self.check_pods()
 
@@ -2939,13 +3962,21 @@ class Engine:
         """None of the selected workloads exists: most likely the wrong namespace or
         context, which a run must not report as a success."""
         settings = self.settings
+        in_pod = "in-cluster (the pod's service account)"
         if settings.context:
             where = 'context "%s"' % settings.context
-        elif self.in_cluster():
-            where = "in-cluster (the pod's service account)"
+        elif self.access.name == "api":
+            where = in_pod
         else:
-            context = self.context or self.current_context()
-            where = 'context "%s"' % context if context else "kubectl's current context"
+            context = self.context
+            if context is None:
+                try:
+                    context = self.access.current_context()
+                except ClusterError:
+                    context = None
+            where = 'context "%s"' % context if context else (
+                in_pod if self.env.get("KUBERNETES_SERVICE_HOST") else "kubectl's current"
+                " context")
         message = ('none of the selected workloads (%s) exists in namespace "%s", %s: check'
                    " the namespace and the context" % (
                        ", ".join(w.key for w in settings.workloads), settings.namespace, where))
@@ -2958,7 +3989,8 @@ class Engine:
         be sent (``patch``), else None: the component is finished."""
         settings = self.settings
         decision = decide(comp.workload, obj, comp.target, settings.container,
-                          settings.dry_run, settings.namespace, settings.listed)
+                          settings.dry_run, settings.namespace, settings.listed,
+                          digest=comp.digest if comp.probed else None)
         if decision.log:
             self.log(decision.log)
         if decision.plan is not None:
@@ -2980,55 +4012,52 @@ class Engine:
         return None
 
     def patch(self, changes):
-        """Send the changes (``[(comp, decision)]``): one ``kubectl patch`` for the
-        workloads of one kind that take the same patch (the same containers and
-        image), so that many workloads cost few processes; returns their ``_Wait``s."""
+        """Send the changes (``[(comp, decision)]``): workloads of one kind that take
+        the same patch (the same containers and image) share the access's calls, so
+        that many workloads cost few processes; returns their ``_Wait``s."""
         groups = {}
         for comp, decision in changes:
             body = json.dumps(build_patch(decision.plan, comp.image,
-                                          self.cause[comp.workload.image]),
+                                          "bump_image " + comp.workload.image.text),
                               separators=(",", ":"), sort_keys=True)
             groups.setdefault((comp.workload.kind, body), []).append((comp, decision))
         waits = []
         for (kind, body), members in groups.items():
-            for start in range(0, len(members), CHUNK):
-                waits += self.patch_group(kind, body, members[start:start + CHUNK])
+            if self.out_of_time(margin=1.0):
+                for comp, _ in members:
+                    comp.fail("deadline_exceeded", "not changed: too little of the run's"
+                              " deadline (deadline_seconds: %g) was left to change it"
+                              % self.settings.deadline_seconds, self.clock)
+                continue
+            results = self.access.patch(kind, [c.name for c, _ in members], body)
+            for comp, decision in members:
+                error = results.get(comp.name)
+                if error is not None and error.timed_out:
+                    error = self.patch_unanswered(comp, error)
+                if error is None:
+                    waits += self.patched(comp, decision)
+                else:
+                    comp.fail(error.code, error.message, self.clock)
         return waits
 
-    def patch_group(self, kind, body, members):
-        if self.out_of_time(margin=1.0):
-            for comp, _ in members:
-                comp.fail("deadline_exceeded", "not changed: too little of the run's deadline"
-                          " (deadline_seconds: %g) was left to change it"
-                          % self.settings.deadline_seconds, self.clock)
-            return []
-        try:
-            done = self.kubectl.call(["patch", kind] + [c.name for c, _ in members]
-                                     + [self.kubectl.ns, "--type=strategic",
-                                        "--field-manager=" + FIELD_MANAGER, "--patch=" + body,
-                                        "--output=name"])
-            error = None
-            if done.timed_out:
-                error = "kubectl patch did not finish within %g s" % self.kubectl.deadline(
-                    KUBECTL_CALL_TIMEOUT)
-            elif done.returncode != 0:
-                error = kubectl_message(done)
-            patched = {line.rsplit("/", 1)[-1] for line in done.stdout.splitlines()}
-        except KubectlFailed as exc:
-            error, patched = exc.message, set()
-        waits = []
-        for i, (comp, decision) in enumerate(members):
-            if error is None or comp.name in patched:
-                waits += self.patched(comp, decision)
-                continue
-            # kubectl patches in the order given and stops at the first failure
-            comp.fail("kubectl_failed", error, self.clock)
-            rest = [m for m in members[i + 1:] if m[0].name not in patched]
-            waits += self.patch_group(kind, body, rest) if rest else []
-            waits += [w for c, d in members[i + 1:] if c.name in patched
-                      for w in self.patched(c, d)]
-            break
-        return waits
+    def patch_unanswered(self, comp, error):
+        """A patch that got no answer in time may still have been applied: read the
+        workload again (when there is time) and go on when it is at the target; else
+        the error, saying so.  Returns None (applied) or a ``ClusterError``."""
+        note = "; the change may still have been applied: run again to find out"
+        if self.out_of_time(1.0):
+            return ClusterError(error.message + note, error.code)
+        reading = self.access.read(comp.workload.kind, [comp.name])
+        obj = reading.objects.get(comp.name)
+        if obj is not None:
+            plan = plan_containers(obj, comp.workload, comp.target, self.settings.container)
+            if plan.at_target:
+                self.log("%s: the patch got no answer in time, but the workload now names"
+                         " the target: it was applied" % comp.workload.key)
+                return None
+            return ClusterError(error.message + "; it was not applied (read again after)",
+                                error.code)
+        return ClusterError(error.message + note, error.code)
 
     def patched(self, comp, decision):
         """The change is applied: wait for its rollout, or finish (nothing to wait
@@ -3047,9 +4076,11 @@ class Engine:
         expected = comp.previous if purpose == "rollback" else comp.expected
         return _Wait(comp, deadline, timeout, purpose, expected, by_run)
 
+    # -- settle: verdicts and rollbacks ---------------------------------------
+
     def settle(self, waits):
         """Wait for rollouts, finish their components, roll back failures."""
-        self.wait(waits)
+        self.rollouts.wait(waits)
         rollbacks = []
         for w in waits:
             comp = w.comp
@@ -3065,28 +4096,29 @@ class Engine:
                 rollback = self.rollback(w)
                 if rollback is not None:
                     rollbacks.append(rollback)
-                    continue
+                continue                  # rollback() finished the component if it failed
             comp.fail(code, message, self.clock)
         if rollbacks:
-            self.wait(rollbacks)
+            self.rollouts.wait(rollbacks)
             for w in rollbacks:
                 self.finish_rollback(w)
 
     def rollback(self, w):
-        """``kubectl rollout undo``: a Deployment to the revision read before the
-        change; a StatefulSet or DaemonSet to its previous revision."""
+        """Undo ``w``'s change as ``kubectl rollout undo`` does: a Deployment to the
+        revision read before the change, a StatefulSet or DaemonSet to its previous
+        revision.  Returns the rollback's ``_Wait``, or None when it failed (the
+        component is then finished, its message ending ``rollback failed: …``)."""
         comp = w.comp
         code, message = w.error
-        args = ["rollout", "undo", comp.workload.resource, self.kubectl.ns]
-        if comp.revision and comp.workload.kind == "deployment":
-            args.append("--to-revision=" + comp.revision)
         self.log("%s: rolling back to revision %s (%s)" % (
             comp.workload.key, comp.revision or "previous", comp.previous_image))
         try:
-            self.kubectl.checked(args, "rollout undo")
+            said = self.access.undo(comp.workload, comp.revision)
+            if said:
+                self.log("%s: %s" % (comp.workload.key, said))
             if comp.workload.kind == "statefulset":
                 self.delete_stuck_pods(w)
-        except KubectlFailed as exc:
+        except ClusterError as exc:
             comp.fail(code, "%s; rollback failed: %s" % (message, exc.message), self.clock)
             return None
         timeout = min(self.settings.rollout_timeout, ROLLBACK_TIMEOUT_CAP)
@@ -3098,17 +4130,16 @@ class Engine:
         """A StatefulSet does not replace a pod of the failed revision that never got
         ready, even once its template is reverted (Kubernetes' "forced rollback"):
         delete those pods, and only those, so that the old revision comes back."""
-        state = self.read_rollout_state([w.comp], deployments=False)
+        state = self.pods_of([w.comp])
         if state is None:
             return
-        _, replicasets, pods = state
+        replicasets, pods = state
         stuck = [_meta(p).get("name") for p in new_pods(w.comp.uid, w.expected, replicasets,
-                                                         pods) if not _ready(p)]
+                                                         pods, w.comp.digest) if not _ready(p)]
         if stuck:
             self.log("%s: deleting %s, stuck on the failed revision (a StatefulSet does not"
                      " replace such pods by itself)" % (w.comp.workload.key, ", ".join(stuck)))
-            self.kubectl.checked(["delete", "pod"] + stuck + [self.kubectl.ns, "--wait=false"],
-                                 "delete pod")
+            self.access.delete_pods(stuck)
 
     def finish_rollback(self, w):
         comp = w.comp
@@ -3120,198 +4151,37 @@ class Engine:
             comp.fail(code, "%s; rolled back to revision %s (%s)"
                       % (message, comp.revision or "previous", comp.previous_image), self.clock)
         else:
-            comp.fail(code, "%s; rollback did not complete: %s" % (message, w.error[1]),
-                      self.clock)
+            comp.fail(code, "%s; rollback failed: its rollout did not complete: %s"
+                      % (message, w.error[1]), self.clock)
 
-    # -- waiting -------------------------------------------------------------
+    # -- pods: diagnosis and verification --------------------------------------
 
-    def wait(self, waits):
-        """Wait for rollouts; fail fast on pods that cannot start.
-
-        One ``kubectl rollout status`` child waits for every pending rollout in
-        turn (kubectl's own verdict for each kind; the rollouts themselves run in
-        the cluster at the same time).  A rollout that fails, times out or is
-        stopped ends that child; a new one takes the rest.  Meanwhile one read of
-        the workloads' ReplicaSets and Pods (by their selectors) looks for
-        problems (``diagnose``): 2 s after the wait starts, then every
-        ``fail_fast_seconds``/6 (1 to 5 s), and again exactly when a problem seen
-        earlier has lasted ``fail_fast_seconds``; such a problem (or a passed
-        progress deadline) stops its wait.  A rollout that completes within 2 s
-        costs no read at all.
-        """
-        for w in waits:
-            self.log("%s: waiting for the rollout (up to %d s)" % (
-                w.comp.workload.key, max(0, int(w.deadline - self.clock() + 0.5))))
-        interval = min(5.0, max(1.0, self.settings.fail_fast_seconds / 6.0))
-        next_read, reading, first_seen = self.clock() + _FIRST_DIAGNOSIS, True, {}
-        batch = None
-        try:
-            while True:
-                self.check_signals()
-                if batch is not None and batch.done.is_set():
-                    self.settle_batch(batch)
-                    batch = None
-                pending = [w for w in waits if not w.finished]
-                if not pending:
-                    return
-                now = self.clock()
-                late = [w for w in pending if now >= w.deadline]
-                for w in late:
-                    w.end(self.timed_out(w))
-                if reading and not late and now >= next_read:
-                    reading, due = self.fail_fast(pending, first_seen)
-                    next_read = self.clock() + interval
-                    if due is not None:
-                        next_read = min(next_read, due)
-                left = [w for w in waits if not w.finished]
-                if batch is not None and any(w.finished for w in batch.waits):
-                    if not batch.stopped:
-                        batch.stopped = True
-                        self.kubectl.kill(batch.tag)
-                elif batch is None and left:
-                    batch = self.start_batch(left[:CHUNK])
-                if batch is not None:
-                    batch.done.wait(_POLL)
-        finally:
-            if batch is not None and not batch.done.is_set():
-                self.kubectl.kill(batch.tag)
-
-    def timed_out(self, w):
-        if w.by_run_deadline:
-            return ("deadline_exceeded", "the run's deadline (deadline_seconds: %g) passed"
-                    " before the rollout completed; the change stays applied and rolls on in"
-                    " the cluster" % self.settings.deadline_seconds)
-        return ("rollout_timeout", "the rollout did not complete within %d s" % w.timeout)
-
-    def start_batch(self, waits):
-        """Start one ``kubectl rollout status`` for ``waits``, in a thread."""
-        self._batches += 1
-        batch = _Batch(waits, "rollout-%d" % self._batches)
-        seconds = max(1, int(max(w.deadline for w in waits) - self.clock() + 0.999))
-        args = (["rollout", "status"] + [w.comp.workload.resource for w in waits]
-                + [self.kubectl.ns, "--watch=true", "--timeout=%ds" % seconds])
-
-        def run():
-            try:
-                batch.completed = self.kubectl.call(args, timeout=seconds + ROLLOUT_GRACE,
-                                                    tag=batch.tag, request_timeout=False)
-            except KubectlFailed as exc:
-                batch.failure = exc.message
-            except Interrupted:
-                batch.stopped = True
-            except Exception as exc:  # noqa: BLE001 - never report an unchecked rollout as done
-                batch.failure = "waiting for the rollout failed: %s: %s" % (
-                    type(exc).__name__, exc)
-            finally:
-                batch.done.set()
-        thread = threading.Thread(target=run, daemon=True)
-        self._threads = [thread]
-        thread.start()
-        return batch
-
-    def settle_batch(self, batch):
-        """Give each wait of a finished batch its outcome: the rollouts kubectl
-        reported done succeeded; the one it was on when it failed by itself gets
-        kubectl's error; the rest stay pending for the next batch."""
-        if batch.failure is not None:
-            for w in batch.waits:
-                if not w.finished:
-                    w.end(("kubectl_failed", batch.failure))
-            return
-        done = batch.completed
-        if done is None:              # interrupted: the run is ending
-            return
-        lines = done.stdout.splitlines()
-        finished = len([ln for ln in lines if _DONE_LINE_RE.match(ln)])
-        if done.returncode == 0 and not done.timed_out and not batch.stopped:
-            finished = len(batch.waits)
-        for i, w in enumerate(batch.waits):
-            if i < finished:
-                w.end(None)           # kubectl saw it complete: that verdict stands
-            elif i == finished and not w.finished and not batch.stopped:
-                w.end(self.rollout_error(w, done))
-
-    def rollout_error(self, w, done):
-        """``(code, message)`` for the rollout a failed ``rollout status`` was on."""
-        if done.timed_out:
-            return self.timed_out(w)
-        message = kubectl_message(done)
-        if "exceeded its progress deadline" in message:
-            return ("rollout_failed", "ProgressDeadlineExceeded: " + message)
-        if "timed out waiting" in message:
-            return ("rollout_timeout", "the rollout did not complete within %d s (%s)"
-                    % (w.timeout, message))
-        if "not found" in message or "deleted" in message:
-            return ("rollout_failed", "the %s went away during the rollout: %s"
-                    % (w.comp.workload.title, message))
-        return ("kubectl_failed", message)
-
-    def fail_fast(self, pending, first_seen):
-        """One diagnostic read; end the waits whose problems have lasted long
-        enough.  Returns ``(readable, due)``: False when the read is not possible
-        (then only the rollouts' own waits remain), and when the earliest problem
-        still short of ``fail_fast_seconds`` will reach it (None: no such problem)."""
-        state = self.read_rollout_state([w.comp for w in pending])
-        if state is None:
-            return False, None
-        workloads, replicasets, pods = state
-        now, due = self.clock(), None
-        for w in pending:
-            comp = w.comp
-            for key, message, immediate in diagnose(workloads.get(comp.uid), comp.uid,
-                                                    w.expected, replicasets, pods):
-                since = first_seen.setdefault(key, now)
-                if immediate or now - since >= self.settings.fail_fast_seconds:
-                    w.end(("rollout_failed", message))
-                    self.log("%s: %s, stopping the wait" % (comp.workload.key, message))
-                    break
-                when = since + self.settings.fail_fast_seconds
-                due = when if due is None else min(due, when)
-        return True, due
-
-    def read_rollout_state(self, comps, deployments=True):
-        """The ReplicaSets and Pods (and, for diagnosis, the Deployments) of ``comps``'
-        workloads, read once, narrowed by a label selector that covers all of them:
-        ``({uid: workload object}, [ReplicaSet], [Pod])``, or None when they
-        cannot be read."""
-        kinds = ["pods"]
-        if any(c.workload.kind == "deployment" for c in comps):
-            kinds = ["deployments", "replicasets", "pods"] if deployments else [
-                "replicasets", "pods"]
+    def pods_of(self, comps):
+        """The ReplicaSets and Pods of ``comps``' workloads, read once, narrowed by a
+        label selector that covers all of them: ``([ReplicaSet], [Pod])``, or None
+        when they cannot be read (said on stderr)."""
         selector = union_selector([c.selector for c in comps])
-        args = ["get", ",".join(kinds), self.kubectl.ns]
-        if selector:
-            args.append("--selector=" + selector)
+        replicasets = any(c.workload.kind == "deployment" for c in comps)
         try:
-            data = self.kubectl.json(args, "get " + ",".join(kinds))
-        except KubectlFailed as exc:
+            return self.access.pods(selector, replicasets)
+        except ClusterError as exc:
             self.log("cannot read pods for diagnostics and verification: %s" % exc.message)
             return None
-        items = _items(data)
-        workloads = {_meta(i).get("uid"): i for i in items if i.get("kind") == "Deployment"}
-        replicasets = [i for i in items if i.get("kind") == "ReplicaSet"]
-        pods = [i for i in items if i.get("kind") == "Pod"]
-        return workloads, replicasets, pods
-
-    # -- verify --------------------------------------------------------------
 
     def check_pods(self):
         """Verify the pods of every rolled-out workload with one read."""
         todo = [c for c in self.components if c.rolled_out]
         if not todo or self.out_of_time(0.5):
             return
-        state = self.read_rollout_state(todo, deployments=False)
+        state = self.pods_of(todo)
         if state is None:
             return
-        _, replicasets, pods = state
+        replicasets, pods = state
         for comp in todo:
             comp.verified, reason = verify_pods(
-                new_pods(comp.uid, comp.expected, replicasets, pods), comp.containers,
-                comp.target, comp.digest)
+                new_pods(comp.uid, comp.expected, replicasets, pods, comp.digest),
+                comp.containers, comp.target, comp.digest)
             self.log("%s: verification: %s" % (comp.workload.key, reason))
-
-
-_FIRST_DIAGNOSIS = 2.0   # seconds after a wait starts before the first diagnostic read
 
 
 def bump(payload, *, runner=None, opener=None, sleeper=None, clock=None, env=None,
@@ -3319,14 +4189,14 @@ def bump(payload, *, runner=None, opener=None, sleeper=None, clock=None, env=Non
     """Run the tool on ``payload`` (a dict) and return a ``Result``.
 
     Raises ``PayloadError`` for an invalid payload and ``EnvironmentProblem`` when
-    kubectl is missing or the context guard refuses; nothing is changed then.
-    ``runner``: runs kubectl (default ``ProcessRunner()``); ``opener``: urllib-style
-    opener for the probe (default ``default_opener()``); ``sleeper(seconds)``,
-    ``clock()`` (monotonic seconds), ``env`` (default ``os.environ``),
-    ``on_event(dict)`` (each output line as it is ready), ``progress(str)`` (each
-    progress line; default: silent) and ``http_timeout`` (seconds per registry
-    request).  No signal handler is installed; ``deadline_seconds`` counts from
-    this call.
+    the cluster cannot be reached at all (no kubectl and no service account) or
+    the context guard refuses; nothing is changed then.  ``runner``: runs kubectl
+    (default ``ProcessRunner()``); ``opener``: urllib-style opener for the probe
+    (default ``default_opener()``); ``sleeper(seconds)``, ``clock()`` (monotonic
+    seconds), ``env`` (default ``os.environ``), ``on_event(dict)`` (each output
+    line as it is ready), ``progress(str)`` (each progress line; default: silent)
+    and ``http_timeout`` (seconds per registry request).  No signal handler is
+    installed; ``deadline_seconds`` counts from this call.
     """
     settings = parse_payload(payload)
     engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper, clock=clock,
@@ -3335,7 +4205,7 @@ def bump(payload, *, runner=None, opener=None, sleeper=None, clock=None, env=Non
 
 
 # --------------------------------------------------------------------------
-# 10. Reporting and the command line
+# 11. Reporting and the command line
 # --------------------------------------------------------------------------
 
 
@@ -3448,7 +4318,8 @@ def argument_parser(out):
     parser.add_argument("--log-dir", nargs="?", const="", metavar="DIR",
                         help="also keep this run's JSON lines and progress lines in DIR"
                              " (default %s): <time>-<pid>.jsonl and .log, and"
-                             " last.jsonl/last.log pointing at them" % _LOG_DIR_TEXT)
+                             " last.jsonl/last.log pointing at them; the %d newest runs"
+                             " are kept" % (_LOG_DIR_TEXT, LOG_KEEP))
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser
 
@@ -3606,34 +4477,76 @@ class _Output:
                 kept.close()
 
 
+LOG_KEEP = 50          # runs whose kept logs stay in the folder; older ones are removed
+
+
 def open_log_files(folder, env):
     """This run's ``<time>-<pid>.jsonl`` and ``.log`` in ``folder`` (or the default,
     a folder of this user's own), with ``last.jsonl``/``last.log`` pointing at
-    them; raises ``UsageError`` when the folder is not usable."""
+    them, and the oldest runs' files removed (``LOG_KEEP`` runs stay).
+
+    Returns ``((jsonl file, log file), None)``, or ``((None, None), why)`` when no
+    log can be kept: the folder must be a real folder (not a link), owned by this
+    user and not writable by others.  Every file is made relative to the folder
+    opened once (``O_NOFOLLOW``), so nothing is written through a link swapped in
+    after the check."""
     folder = folder or env.get("BUMP_IMAGE_LOG_DIR") or os.path.join(
         env.get("TMPDIR") or "/tmp", "bump_image-%d" % os.getuid())  # noqa: S108
+    dfd = None
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        info = os.stat(folder)
+        try:
+            os.makedirs(folder, mode=0o700)
+        except FileExistsError:
+            pass
+        if stat.S_ISLNK(os.lstat(folder).st_mode):
+            return (None, None), "%s is a symbolic link, not a folder" % folder
+        dfd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                      | getattr(os, "O_NOFOLLOW", 0))
+        info = os.fstat(dfd)
         if info.st_uid != os.getuid() or info.st_mode & 0o022:
-            raise UsageError("--log-dir %s is not a folder of this user's own (writable only"
-                             " by its owner)" % json.dumps(folder))
-        base = stem = os.path.join(folder, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-                                   + "-%d" % os.getpid())
+            return (None, None), ("%s is not a folder of this user's own (owned by uid %d,"
+                                  " mode %o: writable only by its owner is required)"
+                                  % (folder, info.st_uid, info.st_mode & 0o777))
+        base = stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-%d" % os.getpid()
+        names = set(os.listdir(dfd))
         for again in range(2, 100):     # another run of this process in the same second
-            if not os.path.exists(stem + ".jsonl"):
+            if stem + ".jsonl" not in names:
                 break
             stem = "%s-%d" % (base, again)
-        files = open(stem + ".jsonl", "x", encoding="utf-8"), open(stem + ".log", "x",
-                                                                   encoding="utf-8")
+        files = []
         for suffix in (".jsonl", ".log"):
-            link = os.path.join(folder, "last" + suffix)
-            os.symlink(os.path.basename(stem) + suffix, link + ".new")
-            os.replace(link + ".new", link)
+            fd = os.open(stem + suffix, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=dfd)
+            files.append(os.fdopen(fd, "w", encoding="utf-8"))
+            link = "last" + suffix
+            try:
+                os.unlink(link + ".new", dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            os.symlink(stem + suffix, link + ".new", dir_fd=dfd)
+            os.replace(link + ".new", link, src_dir_fd=dfd, dst_dir_fd=dfd)
+        _prune_logs(dfd, names | {stem + ".jsonl"})
+        return tuple(files), None
     except OSError as exc:
-        raise UsageError("cannot keep the log in %s: %s" % (json.dumps(folder),
-                                                            exc.strerror or exc))
-    return files
+        return (None, None), "cannot keep the log in %s: %s" % (folder, exc.strerror or exc)
+    finally:
+        if dfd is not None:
+            os.close(dfd)
+
+
+_RUN_LOG_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9]+(?:-[0-9]+)?\.(?:jsonl|log)")
+
+
+def _prune_logs(dfd, names):
+    """Remove the kept files of all but the ``LOG_KEEP`` newest runs (the names sort
+    by their UTC time)."""
+    runs = sorted({n.rsplit(".", 1)[0] for n in names if _RUN_LOG_RE.fullmatch(n)})
+    for stem in runs[:-LOG_KEEP]:
+        for suffix in (".jsonl", ".log"):
+            try:
+                os.unlink(stem + suffix, dir_fd=dfd)
+            except OSError:
+                pass
 
 
 def _process_age():
@@ -3672,7 +4585,9 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
             return 0
         out.format = args.format
         if args.log_dir is not None:
-            out.keep, out.progress_log = open_log_files(args.log_dir, env)
+            (out.keep, out.progress_log), why = open_log_files(args.log_dir, env)
+            if why:
+                stderr.write("bump_image: not keeping a log: %s\n" % why)
         with Signals() as signals:
             try:
                 settings = parse_payload(payload_from_args(args, stdin))

@@ -55,12 +55,19 @@ def noetl_cluster(image=OLD):
 
 
 class FakeKubectl:
-    """An in-memory kubectl: get, patch, rollout status/undo, config.
+    """An in-memory kubectl: get (Deployments by name; ReplicaSets and Pods),
+    patch, rollout undo, delete pod, config current-context.
 
-    ``rollout`` maps a Deployment name to the ``Completed`` its ``rollout status``
-    returns (default: success); ``fail`` maps a verb (``get``, ``patch``, ``rollout
-    status``, ``rollout undo``, ``facts``, ``config``) to a ``Completed`` returned
-    instead of doing it; ``digests`` maps an image to the digest its pods report.
+    ``rollout`` maps a Deployment name to how its rollout goes once it is changed
+    (or, for one found unfinished, from the second read on): ``"ok"`` (the
+    default: complete at the next read), ``"stuck"`` (never completes),
+    ``"deadline"`` (ProgressDeadlineExceeded) or ``"gone"`` (deleted right after
+    the patch); after a ``rollout undo`` it is ``undo_rollout``'s mode (default
+    ``"ok"``).  ``fail`` maps a verb to a ``Completed`` returned instead of doing
+    it: ``get`` (every read of the workloads), ``poll`` (every read but the
+    first), ``patch``, ``rollout undo``, ``facts`` (ReplicaSets and Pods),
+    ``delete``, ``config``; ``digests`` maps an image to the digest its pods
+    report.
     """
 
     def __init__(self, deployments=None, context="sim", present=True):
@@ -70,9 +77,11 @@ class FakeKubectl:
         self.present = present
         self.calls = []
         self.rollout = {}
+        self.undo_rollout = {}
         self.fail = {}
         self.digests = {}
         self.history = {name: [] for name in self.deployments}
+        self.reads = 0
 
     # -- the runner protocol ----------------------------------------------
 
@@ -87,44 +96,46 @@ class FakeKubectl:
         args = [a for a in argv[1:] if not a.startswith(("--request-timeout", "--context",
                                                           "--kubeconfig", "--cache-dir"))]
         if args[:2] == ["config", "current-context"]:
+            if self.context is None and "config" not in self.fail:
+                return bump_image.Completed(1, "", "error: current-context is not set\n")
             return self.fail.get("config") or bump_image.Completed(0, self.context + "\n")
-        if args[:1] == ["get"] and args[1] in ("deployments,replicasets,pods",
-                                               "replicasets,pods", "pods"):
+        if args[:1] == ["get"] and args[1] in ("replicasets,pods", "pods"):
             return self.fail.get("facts") or self._json({"kind": "List",
                                                          "items": self._facts()})
         if args[:1] == ["get"]:
-            return self.fail.get("get") or self._get(
-                [a.split("/", 1)[1] for a in args[1:] if not a.startswith("-")])
+            self.reads += 1
+            failed = self.fail.get("get") or (self.fail.get("poll") if self.reads > 1 else None)
+            return failed or self._get([a.split("/", 1)[1] for a in args[1:]
+                                        if not a.startswith("-")])
         if args[:1] == ["patch"]:
             return self.fail.get("patch") or self._patch_all(
                 [a for a in args[2:] if not a.startswith("-")], args)
-        if args[:2] == ["rollout", "status"]:
-            return self.fail.get("rollout status") or self._rollout_status(
-                [a.split("/", 1)[1] for a in args[2:] if not a.startswith("-")])
         if args[:2] == ["rollout", "undo"]:
             return self.fail.get("rollout undo") or self._undo(args[2].split("/", 1)[1])
+        if args[:2] == ["delete", "pod"]:
+            return self.fail.get("delete") or bump_image.Completed(0, "")
         raise AssertionError("unexpected kubectl call: %r" % (argv,))
 
     # -- what tests look at ------------------------------------------------
 
     def verbs(self):
-        """The calls as short verbs, e.g. ['get', 'patch noetl-server', ...]; a
-        ``rollout status`` of several lists them all."""
+        """The calls as short verbs: ``get a b`` (a read of the workloads, by name),
+        ``patch a b``, ``rollout undo a``, ``facts`` (ReplicaSets and Pods),
+        ``config current-context``, ``delete pod p``."""
         out = []
         for argv in self.calls:
             args = [a for a in argv[1:] if not a.startswith("-")]
-            if args[0] in ("patch",):
+            if args[0] == "patch":
                 out.append("patch " + " ".join(args[2:]))
             elif args[0] == "rollout":
                 out.append("rollout %s %s" % (args[1], " ".join(
                     a.split("/", 1)[1] for a in args[2:])))
-            elif args[0] == "get" and args[1] in ("deployments,replicasets,pods",
-                                                  "replicasets,pods", "pods"):
+            elif args[0] == "get" and args[1] in ("replicasets,pods", "pods"):
                 out.append("facts")
             elif args[0] == "get":
-                out.append("get")
+                out.append("get " + " ".join(a.split("/", 1)[1] for a in args[1:]))
             else:
-                out.append(" ".join(args[:2]))
+                out.append(" ".join(args))
         return out
 
     def patches(self):
@@ -142,10 +153,35 @@ class FakeKubectl:
         return bump_image.Completed(0, json.dumps(obj))
 
     def _get(self, names):
-        found = [self.deployments[n] for n in names if n in self.deployments]
+        found = []
+        for name in names:
+            dep = self.deployments.get(name)
+            if dep is None:
+                continue
+            if self.reads > 1:
+                self._progress(dep, self.rollout.get(name, "ok"))
+            found.append(copy.deepcopy(dep))
         if len(names) == 1:
             return bump_image.Completed(0, json.dumps(found[0]) if found else "")
         return self._json({"apiVersion": "v1", "kind": "List", "items": found})
+
+    @staticmethod
+    def _progress(dep, mode):
+        """The rollout's state as a read sees it, by ``mode``."""
+        status, replicas = dep["status"], dep["spec"]["replicas"]
+        status["observedGeneration"] = dep["metadata"]["generation"]
+        if mode == "ok":
+            status.update(replicas=replicas, updatedReplicas=replicas, readyReplicas=replicas,
+                          availableReplicas=replicas)
+            status.pop("conditions", None)
+        elif mode == "stuck":
+            status.update(replicas=replicas + 1, updatedReplicas=1 if replicas else 0,
+                          availableReplicas=replicas)
+            status.pop("conditions", None)
+        elif mode == "deadline":
+            status["conditions"] = [{"type": "Progressing", "status": "False",
+                                     "reason": "ProgressDeadlineExceeded",
+                                     "message": 'ReplicaSet "x" has timed out progressing.'}]
 
     def _patch_all(self, names, args):
         """Like kubectl: each in turn (``-o name`` prints it), stopping at the first
@@ -175,35 +211,23 @@ class FakeKubectl:
         dep["metadata"]["generation"] += 1
         revision = int(dep["metadata"]["annotations"][bump_image.REVISION]) + 1
         dep["metadata"]["annotations"][bump_image.REVISION] = str(revision)
-        dep["status"]["observedGeneration"] = dep["metadata"]["generation"]
+        if self.rollout.get(name) == "gone":
+            del self.deployments[name]
         return bump_image.Completed(0, "deployment.apps/%s patched\n" % name)
 
-    def _rollout_status(self, names):
-        """Like kubectl: each rollout in turn, a line when one is done; the first
-        that fails (``self.rollout[name]``, a ``Completed``) ends the command."""
-        out = ""
-        for name in names:
-            done = self.rollout.get(name)
-            if done is not None and (done.returncode != 0 or done.timed_out):
-                return bump_image.Completed(done.returncode, out + done.stdout, done.stderr,
-                                            done.timed_out)
-            out += 'deployment "%s" successfully rolled out\n' % name
-        return bump_image.Completed(0, out)
-
     def _undo(self, name):
-        if not self.history[name]:
+        if not self.history.get(name):
             return bump_image.Completed(1, "", "error: no rollout history found\n")
         previous = self.history[name].pop()
         dep = self.deployments[name]
         dep["spec"]["template"] = previous["spec"]["template"]
         dep["metadata"]["generation"] += 1
-        dep["status"]["observedGeneration"] = dep["metadata"]["generation"]
+        self.rollout[name] = self.undo_rollout.get(name, "ok")
         return bump_image.Completed(0, "deployment.apps/%s rolled back\n" % name)
 
     def _facts(self):
         items = []
         for name, dep in self.deployments.items():
-            items.append(dep)
             revision = dep["metadata"]["annotations"][bump_image.REVISION]
             template = copy.deepcopy(dep["spec"]["template"])
             rs = {"kind": "ReplicaSet",

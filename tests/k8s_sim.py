@@ -261,6 +261,8 @@ Admin API (JSON in and out; not recorded in the request log; wrapped by SimClien
 ``PUT    /_sim/image-behaviours``              ``{"image": ..., "behaviour": {...} | null}``
 ``PUT    /_sim/digests``                       ``{"image": ..., "digest": ...}``
 ``PUT    /_sim/server-version``                ``{"version": "1.29.3"}``
+``PUT    /_sim/max-page``                      ``{"max_page": n | null}``: every list answers at
+                                              most n items (and a ``continue`` token)
 ``GET    /_sim/requests`` / ``DELETE``         the API request log / clear it
 ``GET    /_sim/objects/{kind}/{ns}/{name}``    raw object (``ns`` = ``-`` if cluster scoped)
 ``GET    /_sim/objects/{kind}?namespace=&labelSelector=``  list of raw objects
@@ -3245,6 +3247,7 @@ class Simulator:
         self.default_version = server_version
         self.store = Store()
         self.cluster = Cluster(self.store)
+        self.max_page = None           # lists answer at most this many items (None: limit)
         self.set_server_version(server_version)
         self.verbose = verbose
         self.log_lock = threading.Lock()
@@ -3288,6 +3291,7 @@ class Simulator:
             self.request_log[:] = []
             self.faults[:] = []
             self.tokens.clear()
+        self.max_page = None
 
     WORKLOAD_KEYS = frozenset([
         "name", "namespace", "containers", "init_containers", "behaviour", "labels",
@@ -4003,6 +4007,14 @@ class Handler(BaseHTTPRequestHandler):
             if parts == ["server-version"] and method == "PUT":
                 sim.set_server_version(body["version"])
                 return 200, {"ok": True}
+            if parts == ["max-page"] and method == "PUT":
+                value = body.get("max_page")
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                          or value < 1):
+                    raise ValueError("max_page is a positive integer or null, got %r"
+                                     % (value,))
+                sim.max_page = value
+                return 200, {"ok": True}
             if parts == ["requests"]:
                 if method == "DELETE":
                     with sim.log_lock:
@@ -4146,6 +4158,8 @@ class Handler(BaseHTTPRequestHandler):
             limit = int((query.get("limit") or ["0"])[0] or 0)
         except ValueError:
             raise ApiError(400, "BadRequest", "invalid limit %r" % query["limit"][0]) from None
+        if self.sim.max_page:
+            limit = min(limit, self.sim.max_page) if limit > 0 else self.sim.max_page
         token = (query.get("continue") or [""])[0]
         start, snapshot = "", None
         if token:
@@ -4726,6 +4740,11 @@ class SimClient:
 
     def set_server_version(self, version):
         self._call("PUT", "/_sim/server-version", {"version": version})
+
+    def set_max_page(self, max_page):
+        """Answer every list with at most ``max_page`` items and a ``continue`` token
+        (a server may send fewer than ``limit``); None: as many as ``limit`` asks."""
+        self._call("PUT", "/_sim/max-page", {"max_page": max_page})
 
     def requests(self):
         return self._call("GET", "/_sim/requests")

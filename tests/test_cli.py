@@ -94,9 +94,9 @@ def test_flags_alone_make_a_payload(env):
 
 def test_text_format(env):
     kubectl = FakeKubectl()
-    kubectl.rollout["ollama-bridge"] = bump_image.Completed(
-        1, "", "error: timed out waiting for the condition\n")
-    cli = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never"}), "--format",
+    kubectl.rollout["ollama-bridge"] = "stuck"
+    cli = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never",
+                                            "rollout_timeout_seconds": 1}), "--format",
                    "text"], runner=kubectl, env=env)
     assert cli.code == 1
     lines = cli.stdout.splitlines()
@@ -220,9 +220,47 @@ def test_log_dir_default_and_a_folder_that_is_not_ours(env, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    run = run_cli(["--log-dir", str(shared), "--payload", json.dumps({"image": IMAGE})],
-                  runner=FakeKubectl(), env=env)
-    assert run.code == 2 and "not a folder of this user's own" in run.events[0]["error"]["message"]
+    run = run_cli(["--log-dir", str(shared), "--payload", json.dumps(
+        {"image": IMAGE, "probe": "never"})], runner=FakeKubectl(), env=env)
+    # v3: no log is kept there, stderr says why, and the run goes on
+    assert run.code == 0 and run.summary["changed"] == 3
+    assert "not keeping a log: %s is not a folder of this user's own" % shared in run.stderr
+    assert os.listdir(str(shared)) == []
+
+
+def test_log_dir_never_follows_a_planted_link(env, tmp_path):
+    """Defect 9: $TMPDIR/bump_image-<uid> planted as a link to another folder: no file
+    lands in the link's target and its last.* stay as they were."""
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    (target / "precious.jsonl").write_text("{}\n")
+    os.symlink("precious.jsonl", str(target / "last.jsonl"))
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    os.symlink(str(target), str(tmpdir / ("bump_image-%d" % os.getuid())))
+    run = run_cli(["--log-dir", "--payload", json.dumps({"image": IMAGE, "probe": "never"})],
+                  runner=FakeKubectl(), env=dict(env, TMPDIR=str(tmpdir)))
+    assert run.code == 0
+    assert "not keeping a log" in run.stderr and "symbolic link" in run.stderr
+    assert sorted(os.listdir(str(target))) == ["last.jsonl", "precious.jsonl"]
+    assert os.readlink(str(target / "last.jsonl")) == "precious.jsonl"
+
+
+def test_log_dir_keeps_the_newest_runs_only(env, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    for i in range(bump_image.LOG_KEEP + 5):
+        for suffix in (".jsonl", ".log"):
+            (logs / ("20260101T0000%02dZ-1%s" % (i, suffix))).write_text("")
+    (logs / "notes.txt").write_text("mine")
+    run = run_cli(["--log-dir", str(logs), "--payload", json.dumps(
+        {"image": IMAGE, "probe": "never"})], runner=FakeKubectl(), env=env)
+    assert run.code == 0
+    kept = sorted(n for n in os.listdir(str(logs)) if n.endswith(".jsonl") and n[0] == "2")
+    assert len(kept) == bump_image.LOG_KEEP
+    assert "20260101T000000Z-1.jsonl" not in kept and os.readlink(str(logs / "last.jsonl")) \
+        == kept[-1]
+    assert (logs / "notes.txt").read_text() == "mine"
 
 
 def test_payload_lines_from_stdin(env):

@@ -371,3 +371,189 @@ def test_verify(pods, target, digest, verdict, reason):
 ])
 def test_union_selector(selectors, expected):
     assert union_selector(selectors) == expected
+
+
+# -- version 3: digests pinned by an admission, pods described, polls, rollbacks -------
+
+PINNED = "ghcr.io/noetl/noetl:v2@" + DIGEST
+OTHER_DIGEST = "sha256:" + "b" * 64
+
+
+@pytest.mark.parametrize("have, digest, expected", [
+    ("ghcr.io/noetl/noetl:v2", None, True),                  # the same reference
+    ("ghcr.io/noetl/noetl:v2", DIGEST, True),
+    (PINNED, DIGEST, True),            # Kyverno mutateDigest: the tag plus the probed digest
+    (PINNED, None, True),              # not probed: the tag decides (the log says so)
+    (PINNED, OTHER_DIGEST, False),     # the tag was pushed again: another build
+    ("ghcr.io/noetl/noetl@" + DIGEST, DIGEST, False),        # a digest without the tag
+    ("ghcr.io/noetl/noetl:v1@" + DIGEST, DIGEST, False),     # another tag
+    ("ghcr.io/other/noetl:v2@" + DIGEST, DIGEST, False),     # another repository
+    (None, None, False),
+])
+def test_image_matches(have, digest, expected):
+    from bump_image import image_matches
+    assert image_matches(have, TARGET, digest) is expected
+
+
+def test_an_admission_pinned_digest_is_the_target_and_the_rerun_is_unchanged():
+    obj = dep(**{"template": {"spec": {"containers": [{"name": "app", "image": PINNED}]}}})
+    decision = decide(DEPLOY, obj, TARGET, digest=DIGEST)
+    assert decision.action == "unchanged"
+    assert "the target's tag plus the probed digest, pinned by an admission" in decision.log
+    unprobed = decide(DEPLOY, obj, TARGET)
+    assert unprobed.action == "unchanged" and "unchecked" in unprobed.log
+    assert decide(DEPLOY, obj, TARGET, digest=OTHER_DIGEST).action == "patch"
+
+
+def status_pod(name, phase="Running", statuses=(), ready=False, probe=False, message=None):
+    containers = [{"name": s["name"], "image": "x"} for s in statuses]
+    if probe:
+        containers[0]["readinessProbe"] = {"httpGet": {"path": "/ready", "port": 8080}}
+    return {"kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": containers},
+            "status": {"phase": phase, "containerStatuses": list(statuses), "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False",
+                 "message": message}]}}
+
+
+RUNNING = {"name": "app", "state": {"running": {}}, "ready": False, "restartCount": 3}
+PULLING = {"name": "app", "state": {"waiting": {"reason": "ContainerCreating"}}, "ready": False}
+
+
+@pytest.mark.parametrize("pods, text", [
+    ([], "no pod of the new revision yet"),
+    ([status_pod("a", statuses=[dict(RUNNING, ready=True)], ready=True)], "1 of 1 new pod ready"),
+    ([status_pod("a", statuses=[RUNNING], probe=True)],
+     "0 of 1 new pod ready: pod a Running: app running, not ready (readiness probe not"
+     " passing), 3 restarts"),
+    ([status_pod("a", statuses=[dict(RUNNING, restartCount=0)])],
+     "0 of 1 new pod ready: pod a Running: app running, not ready"),
+    ([status_pod("a", "Pending", [PULLING]), status_pod("b", statuses=[dict(RUNNING, ready=True)], ready=True)],
+     "1 of 2 new pods ready: pod a Pending: app waiting: ContainerCreating"),
+    ([status_pod("a", "Pending", message="0/3 nodes are available")],
+     "0 of 1 new pod ready: pod a Pending: 0/3 nodes are available"),
+])
+def test_describe_pods(pods, text):
+    from bump_image import describe_pods
+    assert describe_pods(pods) == text
+
+
+@pytest.mark.parametrize("elapsed, pending, seconds", [
+    (0, 1, 0.5), (9.9, 3, 0.5), (10, 3, 1.0), (29, 1, 1.0), (30, 1, 2.0), (119, 1, 2.0),
+    (120, 1, 5.0), (3600, 1, 5.0),
+    (0, 20, 1.0), (0, 100, 5.0), (200, 200, 10.0),     # never more than 20 objects a second
+])
+def test_poll_interval(elapsed, pending, seconds):
+    from bump_image import poll_interval
+    assert poll_interval(elapsed, pending) == seconds
+
+
+@pytest.mark.parametrize("selector, text", [
+    (None, None), ({}, None),
+    ({"matchLabels": {"app": "a", "tier": "web"}}, "app=a,tier=web"),
+    ({"matchLabels": {"app": "a"}, "matchExpressions": [
+        {"key": "env", "operator": "In", "values": ["a", "b"]},
+        {"key": "x", "operator": "NotIn", "values": ["c"]},
+        {"key": "y", "operator": "Exists"}, {"key": "z", "operator": "DoesNotExist"}]},
+     "app=a,env in (a,b),x notin (c),y,!z"),
+])
+def test_selector_text(selector, text):
+    from bump_image import selector_text
+    assert selector_text(selector) == text
+
+
+def replicaset(revision, image, owner="u-d", annotations=None, hashed=True):
+    labels = {"app": "d"}
+    if hashed:
+        labels["pod-template-hash"] = "h%s" % revision
+    return {"kind": "ReplicaSet",
+            "metadata": {"name": "d-%s" % revision, "ownerReferences": [
+                {"uid": owner, "controller": True}], "annotations": dict(
+                    {"deployment.kubernetes.io/revision": str(revision)}, **(annotations or {}))},
+            "spec": {"template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "app", "image": image}]}}}}
+
+
+def deployment_at(image, annotations=None, paused=False):
+    obj = dep(revision="3", paused=paused)
+    obj["metadata"]["annotations"].update(annotations or {})
+    obj["spec"]["template"] = {"metadata": {"labels": {"app": "d"}},
+                               "spec": {"containers": [{"name": "app", "image": image}]}}
+    return obj
+
+
+def test_undo_deployment_patch_is_what_kubectl_rollout_undo_sends():
+    """After kubectl's DeploymentRollbacker: the revision's template without the hash
+    label; its annotations, but those the Deployment keeps."""
+    from bump_image import undo_deployment_patch
+    current = deployment_at("x:3", {"kubernetes.io/change-cause": "bump_image x:3",
+                                    "deployment.kubernetes.io/revision-history": "1"})
+    history = [replicaset(1, "x:1", annotations={"kubernetes.io/change-cause": "one"}),
+               replicaset(2, "x:2", annotations={"kubernetes.io/change-cause": "two"}),
+               replicaset(3, "x:3"), replicaset(9, "x:9", owner="someone-else")]
+    patch, skipped = undo_deployment_patch(current, history, "1")
+    assert skipped is None
+    assert patch == [
+        {"op": "replace", "path": "/spec/template", "value": {
+            "metadata": {"labels": {"app": "d"}},
+            "spec": {"containers": [{"name": "app", "image": "x:1"}]}}},
+        {"op": "replace", "path": "/metadata/annotations", "value": {
+            "deployment.kubernetes.io/revision": "3",
+            "deployment.kubernetes.io/revision-history": "1",
+            "kubernetes.io/change-cause": "one"}}]
+    previous, _ = undo_deployment_patch(current, history, None)        # no revision: 2
+    assert previous[0]["value"]["spec"]["containers"][0]["image"] == "x:2"
+
+
+@pytest.mark.parametrize("current, history, revision, error", [
+    (deployment_at("x:3"), [replicaset(3, "x:3")], "2",
+     "unable to find specified revision 2 in history"),
+    (deployment_at("x:3"), [replicaset(3, "x:3")], None, 'no rollout history found for'
+     ' deployment "d"'),
+    (deployment_at("x:3", paused=True), [replicaset(2, "x:2"), replicaset(3, "x:3")], "2",
+     "you cannot rollback a paused deployment"),
+])
+def test_undo_deployment_patch_refusals(current, history, revision, error):
+    from bump_image import ClusterError, undo_deployment_patch
+    with pytest.raises(ClusterError) as caught:
+        undo_deployment_patch(current, history, revision)
+    assert caught.value.message.startswith(error)
+
+
+def test_undo_deployment_patch_skips_a_revision_that_is_already_there():
+    from bump_image import undo_deployment_patch
+    patch, said = undo_deployment_patch(deployment_at("x:2"), [
+        replicaset(2, "x:2"), replicaset(3, "x:3")], "2")
+    assert patch is None
+    assert said == "skipped rollback (current template already matches revision 2)"
+
+
+def revision(number, image, owner="u-s", timestamp=True):
+    meta = {"labels": {"app": "s"}}
+    if timestamp:
+        meta["creationTimestamp"] = None             # kubectl <= 1.33 writes it
+    return {"kind": "ControllerRevision", "revision": number,
+            "metadata": {"name": "s-%d" % number, "ownerReferences": [
+                {"uid": owner, "controller": True}]},
+            "data": {"spec": {"template": {"$patch": "replace", "metadata": meta,
+                                           "spec": {"containers": [
+                                               {"name": "app", "image": image}]}}}}}
+
+
+def statefulset_at(image):
+    return {"kind": "StatefulSet", "metadata": {"name": "s", "uid": "u-s"},
+            "spec": {"template": {"metadata": {"labels": {"app": "s"}},
+                                  "spec": {"containers": [{"name": "app", "image": image}]}}}}
+
+
+def test_undo_revision_patch_restores_the_previous_revision_byte_for_byte():
+    from bump_image import ClusterError, undo_revision_patch
+    history = [revision(3, "x:3"), revision(1, "x:1"), revision(2, "x:2"),
+               revision(7, "x:7", owner="another")]
+    data, skipped = undo_revision_patch(statefulset_at("x:3"), history)
+    assert skipped is None and data == history[2]["data"]        # revision 2, as it is
+    data, skipped = undo_revision_patch(statefulset_at("x:2"), history)
+    assert data is None and skipped.startswith("skipped rollback (current template already"
+                                               " matches revision 2)")
+    with pytest.raises(ClusterError, match="no last revision to roll back to"):
+        undo_revision_patch(statefulset_at("x:1"), [revision(1, "x:1")])

@@ -7,7 +7,10 @@ The request log of the simulator shows what reached the API.
 import time
 
 import pytest
+from conftest import newer_kubectl
 from fakes import IMAGE, OLD
+
+import bump_image
 
 pytestmark = pytest.mark.e2e
 
@@ -125,6 +128,9 @@ def test_progress_deadline(cluster):
 def test_context_guard(cluster):
     cluster.noetl()
     run = cluster.bump(cluster.payload(image=NEW, expected_kube_context="kind-noetl"))
+    if cluster.api:         # the pod's own cluster, with its service account: no context
+        assert run.code == 0 and "context guard skipped: cluster_access is api" in run.stderr
+        return
     assert run.code == 4 and run.events[0]["error"]["code"] == "context_mismatch"
     assert cluster.api_requests() == []
     run = cluster.bump(cluster.payload(image=NEW, expected_kube_context="sim"))
@@ -132,6 +138,11 @@ def test_context_guard(cluster):
 
 
 def test_context_from_the_payload(cluster):
+    if cluster.api:
+        run = cluster.bump(cluster.payload(image=NEW, context="kind-noetl"))
+        assert run.code == 2 and "context is kubectl's, but cluster_access is api" in \
+            run.events[0]["error"]["message"]
+        return
     cluster.noetl()
     run = cluster.bump(cluster.payload(image=NEW, context="kind-noetl",
                                        expected_kube_context="kind-noetl"))
@@ -269,7 +280,8 @@ def test_change_cause_in_rollout_history(cluster):
     import subprocess
     cluster.noetl()
     assert cluster.bump(cluster.payload(image=NEW, deployment="noetl-server")).code == 0
-    done = subprocess.run([cluster.kubectl, "--kubeconfig", cluster.kubeconfig, "rollout",
+    done = subprocess.run([cluster.kubectl or newer_kubectl(), "--kubeconfig",
+                           cluster.admin_kubeconfig, "rollout",
                            "history", "deployment/noetl-server", "--namespace=noetl"],
                           env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           timeout=60)
@@ -331,6 +343,9 @@ def test_the_kubectl_version_is_the_one_named(cluster):
     cluster.noetl()
     cluster.bump(cluster.payload(image=NEW, dry_run=True))
     agents = {r["user_agent"].split(" ")[0] for r in cluster.api_requests()}
+    if cluster.api:
+        assert agents == {"bump_image/" + bump_image.__version__}
+        return
     minor = cluster.version.rsplit(".", 1)[0]               # "1.33" or "1.37"
     assert agents and all("/v%s." % minor in a for a in agents), agents
 
@@ -343,7 +358,7 @@ def test_worked_example_with_older_kubectl(sim_server, tmp_path, env, server_ver
     need(DISPATCHER, "kubectl")
     sim_server.reset()
     sim_server.set_server_version(server_version)
-    cluster = Cluster(sim_server, DISPATCHER, server_version, tmp_path, env)
+    cluster = Cluster(sim_server, "1.33", DISPATCHER, server_version, tmp_path, env)
     cluster.noetl()
     run = cluster.bump(cluster.payload(image=NEW))
     assert run.code == 0 and run.summary["changed"] == 3, run.stdout + run.stderr
@@ -411,19 +426,39 @@ def test_a_sidecar_first_never_gets_the_app_image(cluster):
 
 
 def test_a_mistyped_namespace_is_none_found(cluster):
+    """With credentials that may read the other namespace: none_found, naming it."""
+    from conftest import shipped_rules
     cluster.noetl()
+    cluster.set_rules(shipped_rules() + [{"namespace": None, "apiGroups": ["apps"],
+                                          "resources": ["deployments"], "verbs": ["get"]}])
     run = cluster.bump(cluster.payload(image=NEW, namespace="noetll"))
     assert run.code == 1
     assert [c["status"] for c in run.components.values()] == ["skipped"] * 3
     error = run.summary["error"]
     assert error["code"] == "none_found" and run.summary["status"] == "failed"
-    assert 'namespace "noetll"' in error["message"] and 'context "sim"' in error["message"]
+    where = "in-cluster (the pod's service account)" if cluster.api else 'context "sim"'
+    assert 'namespace "noetll"' in error["message"] and where in error["message"]
+    assert cluster.writes() == []
+
+
+def test_a_mistyped_namespace_under_the_shipped_role_is_forbidden_there(cluster):
+    """The shipped Role is for namespace noetl: another namespace is refused, and each
+    workload's line says where (never a silent skip)."""
+    cluster.noetl()
+    run = cluster.bump(cluster.payload(image=NEW, namespace="noetll"))
+    assert run.code == 1 and run.summary["error"] is None
+    for comp in run.components.values():
+        assert comp["error"]["code"] == "kubectl_failed"
+        assert 'cannot get resource "deployments" in API group "apps" in the namespace' \
+            ' "noetll"' in comp["error"]["message"]
     assert cluster.writes() == []
 
 
 def test_the_context_guard_runs_in_a_pod_given_a_kubeconfig(cluster):
     """In-cluster (KUBERNETES_SERVICE_HOST set), a kubeconfig for another cluster is
     exactly what the guard is for."""
+    if cluster.api:
+        pytest.skip("kubectl's context: the API access has none (test_context_guard)")
     cluster.noetl()
     env = dict(cluster.env, KUBERNETES_SERVICE_HOST="10.96.0.1", KUBERNETES_SERVICE_PORT="443")
     run = cluster.bump(cluster.payload(image=NEW, expected_kube_context="kind-noetl"), env=env)

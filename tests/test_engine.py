@@ -14,7 +14,8 @@ COMPONENT_KEYS = {"event", "component", "kind", "namespace", "status", "image", 
                   "containers", "duration_seconds", "error", "digest", "verified",
                   "rolled_back", "restored_image"}
 SUMMARY_KEYS = {"event", "status", "image", "images", "changed", "unchanged", "skipped",
-                "planned", "errors", "exit_code", "error", "duration_seconds"}
+                "planned", "errors", "exit_code", "error", "duration_seconds", "cluster_access"}
+ALL = "noetl-server noetl-worker ollama-bridge"
 
 
 def cli(payload, kubectl, env, *extra):
@@ -41,10 +42,11 @@ def test_worked_example_all_defaults(env):
     assert set(run.summary) == SUMMARY_KEYS
     assert run.summary == dict(run.summary, status="ok", image=IMAGE, changed=3, unchanged=0,
                                skipped=0, planned=0, errors=0, exit_code=0)
+    assert run.summary["cluster_access"] == "kubectl"
+    # one read of all three; then each is patched and its own object polled to its verdict
     assert kubectl.verbs() == [
-        "get", "patch noetl-server", "rollout status noetl-server", "patch noetl-worker",
-        "rollout status noetl-worker", "patch ollama-bridge", "rollout status ollama-bridge",
-        "facts"]
+        "get " + ALL, "patch noetl-server", "get noetl-server", "patch noetl-worker",
+        "get noetl-worker", "patch ollama-bridge", "get ollama-bridge", "facts"]
     assert kubectl.image_of("noetl-worker", "worker") == IMAGE
     assert kubectl.image_of("noetl-worker", "wait-for-api", "initContainers") == IMAGE
     assert "bump_image:" in run.stderr
@@ -67,7 +69,7 @@ def test_rerun_is_unchanged_with_no_change(env):
     assert run.code == 0
     assert {e["status"] for e in run.event("component")} == {"unchanged"}
     assert run.summary["unchanged"] == 3
-    assert kubectl.verbs() == ["get"]          # one kubectl process, no patch
+    assert kubectl.verbs() == ["get " + ALL]   # one kubectl process, no patch
 
 
 def test_reads_every_deployment_with_one_kubectl(env):
@@ -186,28 +188,27 @@ def test_dry_run_changes_nothing(env):
     assert run.components["noetl-server"]["status"] == "unchanged"
     assert run.components["noetl-worker"]["status"] == "planned"
     assert run.summary["planned"] == 2
-    assert kubectl.verbs() == ["get"]
+    assert kubectl.verbs() == ["get " + ALL]
     assert "would set" in run.stderr
 
 
 def test_dry_run_flag(env):
     kubectl = FakeKubectl()
     run = cli({"image": IMAGE}, kubectl, env, "--dry-run")
-    assert run.summary["planned"] == 3 and kubectl.verbs() == ["get"]
+    assert run.summary["planned"] == 3 and kubectl.verbs() == ["get " + ALL]
 
 
-@pytest.mark.parametrize("stderr, code", [
-    ("error: timed out waiting for the condition\n", "rollout_timeout"),
-    ('error: deployment "noetl-worker" exceeded its progress deadline\n', "rollout_failed"),
-    ('Error from server (NotFound): deployments.apps "noetl-worker" not found\n',
-     "rollout_failed"),
-    ("error: You must be logged in to the server (Unauthorized)\n", "kubectl_failed"),
+@pytest.mark.parametrize("mode, code, said", [
+    ("stuck", "rollout_timeout", "did not complete within 1 s"),
+    ("deadline", "rollout_failed", "ProgressDeadlineExceeded"),
+    ("gone", "rollout_failed", "went away during the rollout"),
 ])
-def test_rollout_failures_do_not_stop_the_others(env, stderr, code):
+def test_rollout_failures_do_not_stop_the_others(env, mode, code, said):
     kubectl = FakeKubectl()
-    kubectl.rollout["noetl-worker"] = Completed(1, "Waiting for ...\n", stderr)
-    run = cli({"image": IMAGE, "rollout_timeout_seconds": 5}, kubectl, env)
+    kubectl.rollout["noetl-worker"] = mode
+    run = cli({"image": IMAGE, "rollout_timeout_seconds": 1}, kubectl, env)
     assert run.code == 1
+    assert said in run.components["noetl-worker"]["error"]["message"]
     assert run.components["noetl-worker"]["status"] == "error"
     assert run.components["noetl-worker"]["error"]["code"] == code
     assert run.components["noetl-worker"]["verified"] is None
@@ -216,20 +217,18 @@ def test_rollout_failures_do_not_stop_the_others(env, stderr, code):
     assert run.summary == dict(run.summary, status="failed", changed=2, errors=1, exit_code=1)
 
 
-def test_rollout_status_gets_the_remaining_timeout(env):
+def test_reads_that_keep_failing_during_a_rollout_end_only_that_wait(env):
+    """A poll's read of the workload fails (Unauthorized): three failures in a row
+    end its wait as kubectl_failed with kubectl's message; one failure is retried."""
     kubectl = FakeKubectl()
-    cli({"image": IMAGE, "rollout_timeout_seconds": 42, "deployment": "noetl-server"},
-        kubectl, env)
-    argv = next(a for a in kubectl.calls if "status" in a)
-    assert "--timeout=42s" in argv
-    assert not any(a.startswith("--request-timeout") for a in argv)
-
-
-def test_rollout_killed_at_its_deadline_is_a_timeout(env):
-    kubectl = FakeKubectl()
-    kubectl.rollout["noetl-server"] = Completed(-9, "", "", timed_out=True)
+    kubectl.fail["poll"] = Completed(1, "", "error: You must be logged in to the server"
+                                            " (Unauthorized)\n")
     run = cli({"image": IMAGE, "deployment": "noetl-server"}, kubectl, env)
-    assert run.components["noetl-server"]["error"]["code"] == "rollout_timeout"
+    err = run.components["noetl-server"]["error"]
+    assert run.code == 1 and err["code"] == "kubectl_failed"
+    assert "cannot read it during its rollout" in err["message"] and "Unauthorized" in \
+        err["message"]
+    assert kubectl.verbs().count("get noetl-server") == bump_image.READ_STRIKES + 1
 
 
 @pytest.mark.parametrize("stderr", [
@@ -245,7 +244,9 @@ def test_forbidden_or_unreachable_is_never_not_found(env, stderr):
     for e in run.event("component"):
         assert e["status"] == "error" and e["error"]["code"] == "kubectl_failed"
         assert e["error"]["message"] == stderr.strip()
-    assert kubectl.verbs() == ["get"]
+    # the read of all three failed, so each is read on its own to find which failed
+    assert kubectl.verbs() == ["get " + ALL, "get noetl-server", "get noetl-worker",
+                               "get ollama-bridge"]
 
 
 def test_output_that_is_not_json(env):
@@ -313,13 +314,6 @@ def test_context_guard_uses_the_given_context(env):
     assert all("--context=a" in argv for argv in kubectl.calls)
 
 
-def test_context_guard_skipped_in_cluster(env):
-    kubectl = FakeKubectl(context="other")
-    env = dict(env, KUBERNETES_SERVICE_HOST="10.0.0.1")
-    run = cli({"image": IMAGE, "expected_kube_context": "a"}, kubectl, env)
-    assert run.code == 0 and "config current-context" not in kubectl.verbs()
-
-
 def test_context_and_kubeconfig_are_passed(env):
     kubectl = FakeKubectl()
     cli({"image": IMAGE, "context": "kind-noetl", "kubeconfig": "/tmp/kube config"}, kubectl, env)
@@ -335,8 +329,8 @@ def test_payload_values_never_become_flags(env):
         for arg in argv[1:]:
             assert not arg.startswith("-") or arg.startswith((
                 "--context=", "--kubeconfig=", "--namespace=", "--output=", "--request-timeout=",
-                "--ignore-not-found", "--type=", "--field-manager=", "--patch=", "--watch=",
-                "--timeout=", "--selector=")), arg
+                "--ignore-not-found", "--type=", "--field-manager=", "--patch=",
+                "--selector=")), arg
 
 
 def test_at_target_with_an_unfinished_rollout_is_waited_for(env):
@@ -344,10 +338,10 @@ def test_at_target_with_an_unfinished_rollout_is_waited_for(env):
     kubectl = FakeKubectl(cluster)
     run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
     assert run.components["s"]["status"] == "unchanged"
-    assert kubectl.verbs() == ["get", "rollout status s", "facts"]
+    assert kubectl.verbs() == ["get s", "get s", "facts"]      # the read, one poll, verification
     kubectl = FakeKubectl(cluster)
-    kubectl.rollout["s"] = Completed(1, "", "error: timed out waiting for the condition\n")
-    run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
+    kubectl.rollout["s"] = "stuck"
+    run = cli({"image": IMAGE, "deployment": "s", "rollout_timeout_seconds": 1}, kubectl, env)
     assert run.code == 1 and run.components["s"]["error"]["code"] == "rollout_timeout"
 
 
@@ -364,7 +358,7 @@ def test_paused_deployment_is_reported_not_changed(env):
     assert run.code == 1
     assert run.components["s"]["error"]["code"] == "deployment_paused"
     assert "rollout resume" in run.components["s"]["error"]["message"]
-    assert kubectl.verbs() == ["get"]
+    assert kubectl.verbs() == ["get s"]
 
 
 def test_scaled_to_zero_is_changed_then_unchanged(env):
@@ -379,11 +373,11 @@ def test_scaled_to_zero_is_changed_then_unchanged(env):
     assert kubectl.deployments["s"]["spec"]["replicas"] == 0
     assert [p["spec"]["template"]["spec"] for p in kubectl.patches()] == [
         {"containers": [{"name": "s", "image": IMAGE}]}]      # replicas never in a patch
-    assert "rollout status s" not in kubectl.verbs()
+    assert kubectl.verbs() == ["get s", "patch s"]             # nothing to wait for
     assert "spec.replicas is 0" in run.stderr
     run = cli({"image": IMAGE, "deployment": "s"}, kubectl, env)
     assert run.code == 0 and run.components["s"]["status"] == "unchanged"
-    assert kubectl.verbs()[-1] == "get"
+    assert kubectl.verbs()[-1] == "get s"
 
 
 def test_pin_digest_sets_the_probed_digest(env):
@@ -405,20 +399,10 @@ def test_pin_digest_sets_the_probed_digest(env):
 
 def test_rollback_on_failure(env):
     kubectl = FakeKubectl()
-    kubectl.rollout["noetl-worker"] = Completed(
-        1, "", 'error: deployment "noetl-worker" exceeded its progress deadline\n')
-    state = {"failed": False}
-    original = kubectl.__call__
-
-    def runner(argv, timeout, env=None, tag=None):
-        if "undo" in argv:      # after the undo, the rollout completes
-            kubectl.rollout.pop("noetl-worker", None)
-        return original(argv, timeout, env=env, tag=tag)
-
-    runner.resolve = kubectl.resolve
-    run = cli({"image": IMAGE, "rollback_on_failure": True}, runner, env)
+    kubectl.rollout["noetl-worker"] = "deadline"       # after the undo, it completes
+    run = cli({"image": IMAGE, "rollback_on_failure": True}, kubectl, env)
     comp = run.components["noetl-worker"]
-    assert run.code == 1 and comp["status"] == "error" and not state["failed"]
+    assert run.code == 1 and comp["status"] == "error"
     assert comp["rolled_back"] is True and comp["restored_image"] == OLD
     assert comp["error"]["code"] == "rollout_failed"
     assert "rolled back to revision 1" in comp["error"]["message"]
@@ -430,10 +414,35 @@ def test_rollback_on_failure(env):
 
 def test_no_rollback_unless_asked(env):
     kubectl = FakeKubectl()
-    kubectl.rollout["noetl-worker"] = Completed(1, "", "error: timed out waiting for the"
-                                                " condition\n")
-    cli({"image": IMAGE}, kubectl, env)
+    kubectl.rollout["noetl-worker"] = "deadline"
+    run = cli({"image": IMAGE}, kubectl, env)
+    assert run.components["noetl-worker"]["error"]["code"] == "rollout_failed"
     assert not any("undo" in a for a in kubectl.calls)
+
+
+@pytest.mark.parametrize("fail", ["rollout undo", "poll-after-undo"])
+def test_a_rollback_that_fails_is_said(env, fail):
+    """v3: the message ends with "rollback failed: <reason>", rolled_back false."""
+    kubectl = FakeKubectl()
+    kubectl.rollout["noetl-worker"] = "deadline"
+    if fail == "rollout undo":
+        kubectl.fail["rollout undo"] = Completed(1, "", 'Error from server (Forbidden):'
+                                                 ' deployments.apps "noetl-worker" is forbidden\n')
+    else:
+        kubectl.undo_rollout["noetl-worker"] = "stuck"
+    run = cli({"image": IMAGE, "rollback_on_failure": True, "rollout_timeout_seconds": 1},
+              kubectl, env)
+    comp = run.components["noetl-worker"]
+    assert comp["error"]["code"] == "rollout_failed" and comp["rolled_back"] is False
+    assert comp["error"]["message"].startswith("ProgressDeadlineExceeded: ")
+    if fail == "rollout undo":
+        assert comp["error"]["message"].endswith(
+            'rollback failed: Error from server (Forbidden): deployments.apps "noetl-worker"'
+            " is forbidden")
+    else:
+        assert "; rollback failed: its rollout did not complete: the rollout did not complete" \
+            " within 1 s" in comp["error"]["message"]
+    assert run.components["noetl-server"]["status"] == "changed"
 
 
 def test_parallel_applies_every_change_before_waiting(env):
@@ -441,8 +450,9 @@ def test_parallel_applies_every_change_before_waiting(env):
     run = cli({"image": IMAGE, "parallel": True}, kubectl, env)
     assert run.code == 0
     verbs = kubectl.verbs()
-    assert verbs == ["get", "patch noetl-server", "patch noetl-worker", "patch ollama-bridge",
-                     "rollout status noetl-server noetl-worker ollama-bridge", "facts"]
+    # every change first (their containers differ: a patch each), then one poll reads all
+    assert verbs == ["get " + ALL, "patch noetl-server", "patch noetl-worker",
+                     "patch ollama-bridge", "get " + ALL, "facts"]
     assert [e["component"] for e in run.event("component")] == [
         "noetl-server", "noetl-worker", "ollama-bridge"]
 
@@ -493,7 +503,7 @@ def test_pin_digest_rerun_is_unchanged(env):
         kubectl.calls.clear()
         run = run_cli(["--payload", payload], runner=kubectl, env=env)
     assert {e["status"] for e in run.event("component")} == {"unchanged"}
-    assert kubectl.verbs() == ["get"]
+    assert kubectl.verbs() == ["get " + ALL]
 
 
 # -- version 2 ---------------------------------------------------------------------------
@@ -509,12 +519,12 @@ def test_nothing_found_is_a_failure_naming_namespace_and_context(env):
     assert summary["error"]["code"] == "none_found"
     assert 'namespace "noetll"' in summary["error"]["message"]
     assert 'context "kind-noetl"' in summary["error"]["message"]
-    assert kubectl.verbs() == ["get", "config current-context"]
+    assert kubectl.verbs() == ["get " + ALL, "config current-context"]
     run = cli({"image": IMAGE, "namespace": "noetll", "context": "prod"}, kubectl, env)
     assert 'context "prod"' in run.summary["error"]["message"]
-    run = cli({"image": IMAGE, "namespace": "noetll"}, kubectl,
+    run = cli({"image": IMAGE, "namespace": "noetll"}, FakeKubectl({}, context=None),
               dict(env, KUBERNETES_SERVICE_HOST="10.0.0.1"))
-    assert "in-cluster" in run.summary["error"]["message"]
+    assert "in-cluster (the pod's service account)" in run.summary["error"]["message"]
 
 
 def test_nothing_found_among_named_workloads_too(env):
@@ -533,25 +543,38 @@ def test_some_found_is_not_none_found(env):
     assert run.code == 0 and run.summary["error"] is None
 
 
-@pytest.mark.parametrize("extra_env, payload, guarded", [
-    ({}, {}, False),                                         # in-cluster: service account
-    ({"KUBECONFIG": "/k"}, {}, True),                        # a kubeconfig for another cluster
-    ({}, {"kubeconfig": "/k"}, True),
-    ({}, {"context": "prod"}, True),
+@pytest.mark.parametrize("context, extra_env, payload, outcome", [
+    # v3: in a pod, a context that kubectl has (its own ~/.kube/config, KUBECONFIG, a
+    # kubeconfig key) must be the expected one; only no context at all skips the guard
+    (None, {}, {}, "skipped"),                      # kubectl uses the pod's service account
+    ("other", {}, {}, "refused"),                   # ~/.kube/config of a CI runner or agent
+    ("other", {"KUBECONFIG": "/k"}, {}, "refused"),
+    ("other", {}, {"kubeconfig": "/k"}, "refused"),
+    ("prod", {}, {}, "passed"),
+    ("other", {}, {"context": "prod"}, "given"),    # the given context is the expected one
+    (None, {}, {"context": "prod"}, "given"),
 ])
-def test_context_guard_in_cluster_only_when_nothing_names_a_cluster(env, extra_env, payload,
-                                                                    guarded):
-    kubectl = FakeKubectl(context="other")
+def test_context_guard_in_a_pod(env, context, extra_env, payload, outcome):
+    kubectl = FakeKubectl(context=context)
     run = cli(dict({"image": IMAGE, "expected_kube_context": "prod"}, **payload), kubectl,
               dict(env, KUBERNETES_SERVICE_HOST="10.0.0.1", **extra_env))
-    if not guarded:
-        assert run.code == 0 and "context guard skipped" in run.stderr
-        assert "config current-context" not in kubectl.verbs()
-    elif payload.get("context") == "prod":
-        assert run.code == 0                    # the given context is the expected one
-    else:
+    if outcome == "skipped":
+        assert run.code == 0 and "context guard skipped: kubectl has no current context" \
+            in run.stderr
+    elif outcome == "refused":
         assert run.code == 4 and run.events[0]["error"]["code"] == "context_mismatch"
+        assert '"other", expected "prod"' in run.events[0]["error"]["message"]
         assert kubectl.verbs() == ["config current-context"]
+    else:
+        assert run.code == 0 and "context guard skipped" not in run.stderr
+    assert ("config current-context" in kubectl.verbs()) == (outcome != "given")
+
+
+def test_context_guard_without_a_context_outside_a_pod_refuses(env):
+    run = cli({"image": IMAGE, "expected_kube_context": "prod"}, FakeKubectl(context=None),
+              env)
+    assert run.code == 4 and run.events[0]["error"]["code"] == "context_mismatch"
+    assert "kubectl context is not set, expected \"prod\"" in run.events[0]["error"]["message"]
 
 
 def test_an_image_per_workload(env):
@@ -575,7 +598,7 @@ def test_an_image_per_workload(env):
     assert run.summary["images"] == {"noetl-server": server, "noetl-worker": worker}
     again = cli({"images": {"noetl-server": server, "noetl-worker": worker}}, kubectl, env)
     assert {c["status"] for c in again.event("component")} == {"unchanged"}
-    assert kubectl.verbs()[-1] == "get"
+    assert kubectl.verbs()[-1] == "get noetl-server noetl-worker"
 
 
 def test_text_format_names_the_kind_and_the_summary_error(env):
@@ -619,34 +642,35 @@ def test_the_deadline_cuts_the_probe_and_nothing_changes(env):
 
 
 class Clock:
-    """A clock that moves only when told to."""
+    """A clock that moves when told to, and by a millisecond each time it is read
+    (so that a wait's next poll comes)."""
 
     def __init__(self):
         self.now = 1000.0
 
     def __call__(self):
+        self.now += 0.001
         return self.now
 
 
 class TimesOutAtOnce(FakeKubectl):
-    """kubectl whose rollout status returns kubectl's own time-out at once, while the
-    clock jumps past every deadline (kubectl's --timeout and ours end together)."""
+    """kubectl whose poll finds every rollout still running, while the clock jumps
+    past every wait's deadline during that read."""
 
     def __init__(self, clock):
         super().__init__()
         self.clock = clock
+        self.rollout = dict.fromkeys(self.deployments, "stuck")
 
     def __call__(self, argv, timeout, env=None, tag=None):
-        if "rollout" in argv:
-            self.calls.append(list(argv))
+        if argv[1] == "get" and self.reads:        # a poll, after the first read
             self.clock.now += 1000
-            return Completed(1, "", "error: timed out waiting for the condition\n")
         return super().__call__(argv, timeout, env=env, tag=tag)
 
 
-def test_a_batch_that_times_out_with_every_deadline_ends_every_wait(env):
-    """The batch ends (kubectl's time-out on the first) in the same instant as every
-    other wait's deadline: each gets rollout_timeout; no empty batch is started."""
+def test_a_poll_that_ends_with_every_deadline_ends_every_wait(env):
+    """The poll returns in the same instant as every wait's deadline passes: each
+    gets rollout_timeout, with one more read (what its pods report), and no more polls."""
     clock = Clock()
     kubectl = TimesOutAtOnce(clock)
     run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never", "parallel": True,
@@ -655,4 +679,5 @@ def test_a_batch_that_times_out_with_every_deadline_ends_every_wait(env):
     assert run.code == 1, run.stdout
     assert [(c["status"], c["error"]["code"]) for c in run.event("component")] == [
         ("error", "rollout_timeout")] * 3
-    assert kubectl.verbs().count("rollout status noetl-server noetl-worker ollama-bridge") == 1
+    assert kubectl.verbs().count("get " + ALL) == 2          # the read and one poll
+    assert kubectl.verbs()[-1] == "facts"

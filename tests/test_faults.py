@@ -45,7 +45,7 @@ from fake_registry import FULL_ACCEPT, FakeRegistry, Resp
 from fakes import IMAGE, OLD, FakeKubectl, run_cli
 
 import bump_image
-from bump_image import Completed, ProcessRunner
+from bump_image import ProcessRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = str(ROOT / "bump_image.py")
@@ -523,21 +523,27 @@ def test_kubectl_that_prints_something_other_than_json(env, tmp_path, output):
         assert "printed" in comp["error"]["message"]
 
 
-class RaisingOnRollout(FakeKubectl):
-    """The in-memory kubectl, but starting ``rollout status`` fails like fork() can."""
+class RaisingOnPoll(FakeKubectl):
+    """The in-memory kubectl, but starting the reads of a rollout wait fails like
+    fork() can."""
 
     def __call__(self, argv, timeout, env=None, tag=None):
-        if "status" in argv:
+        if argv[1] == "get" and self.reads:
+            self.calls.append(list(argv))
             raise BlockingIOError(11, "Resource temporarily unavailable")
         return super().__call__(argv, timeout, env=env, tag=tag)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_failing_to_start_the_rollout_wait_is_an_error_not_a_change(env):
-    run = cli(env, runner=RaisingOnRollout(), deployment="noetl-server")
+    kubectl = RaisingOnPoll()
+    run = cli(env, runner=kubectl, deployment="noetl-server")
     assert "Traceback" not in run.stderr
     assert run.code == 1
+    err = run.components["noetl-server"]["error"]
     assert run.components["noetl-server"]["status"] == "error"
+    assert err["code"] == "kubectl_failed" and "cannot run kubectl: Resource temporarily" \
+        " unavailable" in err["message"]
+    assert kubectl.verbs().count("get noetl-server") == bump_image.READ_STRIKES + 1
 
 
 class Recording:
@@ -560,8 +566,7 @@ class Recording:
 
 def test_every_kubectl_call_has_a_deadline(env):
     kubectl = FakeKubectl(context="sim")
-    kubectl.rollout["noetl-worker"] = Completed(
-        1, "", 'error: deployment "noetl-worker" exceeded its progress deadline\n')
+    kubectl.rollout["noetl-worker"] = "deadline"
     runner = Recording(kubectl)
     run = cli(env, runner=runner, expected_kube_context="sim", rollback_on_failure=True,
               rollout_timeout_seconds=120)
@@ -571,17 +576,12 @@ def test_every_kubectl_call_has_a_deadline(env):
         verb = " ".join(a for a in argv[1:3] if not a.startswith("-"))
         verbs.add(verb)
         assert isinstance(timeout, (int, float)) and 0 < timeout < float("inf"), (argv, timeout)
-        if verb == "rollout status":
-            wait = int(next(a for a in argv if a.startswith("--timeout="))[10:-1])
-            assert 0 < wait <= 300 and timeout == wait + bump_image.ROLLOUT_GRACE
-            assert not any(a.startswith("--request-timeout=") for a in argv)
-        elif verb == "config current-context":
-            assert timeout == bump_image.KUBECTL_CALL_TIMEOUT
-        else:
-            assert timeout == bump_image.KUBECTL_CALL_TIMEOUT
-            assert "--request-timeout=%ds" % bump_image.KUBECTL_REQUEST_TIMEOUT in argv
-    assert verbs >= {"config current-context", "get deployment/noetl-server", "patch deployment",
-                     "rollout status", "rollout undo", "get replicasets,pods"}
+        assert timeout == bump_image.KUBECTL_CALL_TIMEOUT
+        if verb != "config current-context":
+            assert "--request-timeout=%dms" % (bump_image.KUBECTL_REQUEST_TIMEOUT * 1000) in argv
+    assert verbs == {"config current-context", "get deployment/noetl-server",
+                     "get deployment/noetl-worker", "get deployment/ollama-bridge",
+                     "patch deployment", "rollout undo", "get replicasets,pods"}
 
 
 class ShortDeadline(ProcessRunner):
@@ -642,12 +642,15 @@ dep = {"apiVersion": "apps/v1", "kind": "Deployment",
            {"name": "server", "image": "%(old)s"}]}}},
        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
                   "availableReplicas": 1}}
-if args[:2] == ["get", "deployment/noetl-server"]:
+import os
+mark = os.path.join(os.path.dirname(sys.argv[0]), "patched")
+if args[:2] == ["get", "deployment/noetl-server"] and os.path.exists(mark):
+    time.sleep(60)          # a read of the rollout wait hangs  %(marker)s
+elif args[:2] == ["get", "deployment/noetl-server"]:
     print(json.dumps(dep))
 elif args[:1] == ["patch"]:
+    open(mark, "w").close()
     print("deployment.apps/noetl-server patched")
-elif args[:2] == ["rollout", "status"]:
-    time.sleep(60)          # %(marker)s
 elif args[:1] == ["get"] and args[1] in ("deployments,replicasets,pods", "replicasets,pods"):
     print(json.dumps({"kind": "List", "items": []}))
 else:
@@ -656,6 +659,8 @@ else:
 
 
 def test_a_hanging_rollout_wait_is_killed_at_its_deadline(env, tmp_path):
+    """Every read of the rollout hangs: each is killed at its deadline (cut to 1.5 s
+    here); three in a row end the wait (kubectl_failed, saying so); nothing is left."""
     marker = "hang-marker-%d" % os.getpid()
     kubectl = script(tmp_path / "kubectl", FAKE_KUBECTL % {
         "python": sys.executable, "old": OLD, "marker": marker})
@@ -664,8 +669,12 @@ def test_a_hanging_rollout_wait_is_killed_at_its_deadline(env, tmp_path):
               fail_fast_seconds=600)
     elapsed = time.monotonic() - started
     assert_cli_contract(run, 1)
-    assert run.components["noetl-server"]["error"]["code"] == "rollout_timeout"
-    assert elapsed < 8
+    err = run.components["noetl-server"]["error"]
+    assert err["code"] == "kubectl_failed"
+    # (the runner here cuts each call to 1.5 s; the tool's own deadline for it is 30 s)
+    assert "cannot read it during its rollout: kubectl get deployments did not finish within" \
+        " 30 s" in err["message"]
+    assert 4.5 <= elapsed < 12
     assert wait_gone(tmp_path.name) == []
 
 
@@ -693,6 +702,13 @@ def test_a_wrapper_whose_child_hangs_is_killed_at_the_deadline(tmp_path):
 DEFAULTS = ["noetl-server", "noetl-worker", "ollama-bridge"]
 
 
+def polled_after_patch(cluster, name):
+    """The deployment was read after its (last) PATCH: its rollout is waited for."""
+    requests = [r for r in cluster.api_requests() if r["path"].endswith("/deployments/" + name)]
+    patches = [i for i, r in enumerate(requests) if r["method"] == "PATCH"]
+    return bool(patches) and any(r["method"] == "GET" for r in requests[patches[-1] + 1:])
+
+
 @pytest.mark.e2e
 def test_forbidden_read_is_kubectl_failed_never_not_found(cluster):
     cluster.noetl()
@@ -702,7 +718,7 @@ def test_forbidden_read_is_kubectl_failed_never_not_found(cluster):
     assert_cli_contract(run, 1)
     for comp in run.event("component"):
         assert comp["status"] == "error" and comp["error"]["code"] == "kubectl_failed", comp
-        assert "(Forbidden)" in comp["error"]["message"]
+        assert ("Forbidden (403)" if cluster.api else "(Forbidden)") in comp["error"]["message"]
         assert "cannot get resource" in comp["error"]["message"]
     assert cluster.writes() == []
 
@@ -717,8 +733,9 @@ def test_not_found_when_patching_is_kubectl_failed_and_the_others_go_on(cluster)
     assert_cli_contract(run, 1)
     err = run.components["noetl-server"]["error"]
     assert err["code"] == "kubectl_failed"
-    assert 'Error from server (NotFound): deployments.apps "noetl-server" not found' in \
-        err["message"]
+    said = ("the API answered 404 to patch deployments/noetl-server: " if cluster.api
+            else "Error from server (NotFound): ")
+    assert said + 'deployments.apps "noetl-server" not found' in err["message"]
     assert run.components["noetl-worker"]["status"] == "changed"
     assert run.components["ollama-bridge"]["status"] == "changed"
 
@@ -734,12 +751,12 @@ def test_admission_webhook_denial(cluster):
     assert_cli_contract(run, 1)
     err = run.components["noetl-worker"]["error"]
     assert err["code"] == "kubectl_failed" and denial in err["message"]
+    assert "lacks this permission" not in err["message"]     # a webhook, not RBAC
     assert run.components["noetl-server"]["status"] == "changed"
     assert run.components["ollama-bridge"]["status"] == "changed"
     assert cluster.image("noetl-worker", "worker") == OLD
-    # `rollout status` is the only call that selects by name (fieldSelector)
-    watched = [r for r in cluster.api_requests("GET") if "noetl-worker" in r["raw_query"]]
-    assert watched == []                        # no rollout wait for the refused change
+    # the refused change is not waited for: no read of it after its PATCH
+    assert not polled_after_patch(cluster, "noetl-worker")
 
 
 @pytest.mark.e2e
@@ -748,9 +765,13 @@ def test_unreachable_api_server(cluster, tmp_path):
     with socket.socket() as s:                  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    kubeconfig = write_kubeconfig(tmp_path / "closed", "http://127.0.0.1:%d" % port)
     started = time.monotonic()
-    run = cluster.bump(cluster.payload(image=NEW, kubeconfig=kubeconfig))
+    if cluster.api:
+        run = cluster.bump(cluster.payload(image=NEW), env=dict(
+            cluster.env, KUBERNETES_SERVICE_PORT=str(port)))
+    else:
+        kubeconfig = write_kubeconfig(tmp_path / "closed", "http://127.0.0.1:%d" % port)
+        run = cluster.bump(cluster.payload(image=NEW, kubeconfig=kubeconfig))
     assert_cli_contract(run, 1)
     for comp in run.event("component"):
         assert comp["error"]["code"] == "kubectl_failed"
@@ -766,7 +787,10 @@ def test_api_answers_that_are_not_json(cluster, status):
                              status=status, raw_body="<html><body>gateway says hi</body></html>")
     run = cluster.bump(cluster.payload(image=NEW))
     assert_cli_contract(run, 1)
-    words = "serializer for text/html" if status == 200 else "(InternalError)"
+    if cluster.api:
+        words = "with something that is not JSON" if status == 200 else "answered 500"
+    else:
+        words = "serializer for text/html" if status == 200 else "(InternalError)"
     for comp in run.event("component"):
         assert comp["error"]["code"] == "kubectl_failed"
         assert words in comp["error"]["message"], comp["error"]["message"]
@@ -786,10 +810,8 @@ def test_deployment_deleted_during_its_rollout(cluster):
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
 
-    def watching(sim):
-        return any(r["query"].get("watch") and "noetl-server" in r["raw_query"]
-                   for r in cluster.api_requests("GET"))
-    cluster.sim.wait_for(watching, timeout=30, what="kubectl rollout status watching")
+    cluster.sim.wait_for(lambda sim: polled_after_patch(cluster, "noetl-server"), timeout=30,
+                         what="the rollout wait polling noetl-server")
     time.sleep(0.3)
     cluster.sim.delete_deployment("noetl-server")
     thread.join(40)
@@ -945,7 +967,7 @@ def test_interrupted_probe_line_counts_the_attempts_made(env, tmp_path):
 @pytest.mark.parametrize("signum, code, name", SIGNALS)
 def test_signal_during_a_rollout_wait(cluster, signum, code, name):
     # noetl-server is already at the target (finished, unchanged); noetl-worker's new pods
-    # hang, so the tool sits in `kubectl rollout status`; ollama-bridge is never reached
+    # hang, so the tool sits in its rollout wait; ollama-bridge is never reached
     cluster.sim.add_deployment("noetl-server", containers=[{"name": "server", "image": NEW}])
     cluster.sim.add_deployment("noetl-worker", containers=[{"name": "worker", "image": OLD}])
     cluster.sim.add_deployment("ollama-bridge", containers=[{"name": "bridge", "image": OLD}])
@@ -953,21 +975,10 @@ def test_signal_during_a_rollout_wait(cluster, signum, code, name):
     tool = Tool(cluster.payload(image=NEW, fail_fast_seconds=600), cluster.env)
     pid = tool.proc.pid
 
-    def rollout_child():
-        for child in children_of(pid):
-            try:
-                with open("/proc/%d/cmdline" % child, "rb") as fh:
-                    if b"rollout" in fh.read():
-                        return True
-            except OSError:
-                pass
-        return False
-
     tool.wait_for(lambda: tool.saw(r"noetl-worker: waiting for the rollout"), "the rollout wait")
-    tool.wait_for(rollout_child, "a kubectl rollout status child")
-    time.sleep(0.3)
-    kids = children_of(pid)
-    assert kids
+    tool.wait_for(lambda: tool.saw(r'noetl-worker: Waiting for deployment "noetl-worker"'
+                                   r" rollout to finish"), "a poll's verdict")
+    kids = children_of(pid)            # a poll's kubectl, when one is running
     tool.interrupt(signum)
     assert tool.proc.returncode == code, tool.stdout + tool.stderr
     assert tool.elapsed < 2, "took %.2f s after the signal" % tool.elapsed
@@ -1042,13 +1053,35 @@ def test_a_signal_while_results_are_written_still_ends_with_the_summary(env, sig
     assert events[-1]["exit_code"] == code == 0       # the run had finished: it stands
 
 
-class SlowToStop(FakeKubectl):
-    """kubectl whose rollout wait ignores kill() for 5 s (a stuck child)."""
+class StuckBody:
+    """A registry answer whose body takes 5 s to read (a probe thread that does not
+    end at once when the run is interrupted)."""
 
-    def __call__(self, argv, timeout, env=None, tag=None):
-        if "rollout" in argv:
-            time.sleep(5)
-        return super().__call__(argv, timeout, env=env, tag=tag)
+    def __init__(self, status, headers, body=b""):
+        self.status, self.headers, self.body = status, headers, body
+
+    def getcode(self):
+        return self.status
+
+    def read(self, size=-1):
+        time.sleep(5)
+        return b""
+
+    def close(self):
+        pass
+
+
+class StuckTokenOpener:
+    """HEAD: 401 with a Bearer challenge; the token's body hangs for 5 s."""
+
+    def open(self, request, timeout=None):
+        import email.message
+        import urllib.error
+        headers = email.message.Message()
+        if request.get_method() == "HEAD":
+            headers["WWW-Authenticate"] = 'Bearer realm="https://auth.example/token"'
+            raise urllib.error.HTTPError(request.full_url, 401, "Unauthorized", headers, None)
+        return StuckBody(200, headers)
 
 
 def run_with_signals(env, signals, delay=0.5):
@@ -1058,20 +1091,21 @@ def run_with_signals(env, signals, delay=0.5):
     out, err = io.StringIO(), io.StringIO()
     started = time.monotonic()
     code = bump_image.main(["--payload", json.dumps({
-        "image": IMAGE, "probe": "never", "deployment": "noetl-server"})], stdout=out,
-        stderr=err, env=env, runner=SlowToStop(), sleeper=lambda s: None)
+        "image": IMAGE, "deployment": "noetl-server"})], stdout=out, stderr=err, env=env,
+        runner=FakeKubectl(), opener=StuckTokenOpener(), sleeper=lambda s: None)
     return code, time.monotonic() - started, [json.loads(x) for x in out.getvalue().splitlines()]
 
 
 def test_a_second_sigint_ends_the_run_at_once_with_a_summary(env):
     code, elapsed_one, events = run_with_signals(env, 1)
     assert code == 130 and events[-1]["event"] == "summary"
-    assert elapsed_one >= 1.4          # the first SIGINT waits (up to 1 s) for the wait to end
+    assert elapsed_one >= 1.4          # the first SIGINT waits (up to 1 s) for the probe to end
     code, elapsed_two, events = run_with_signals(env, 2)
     assert code == 130 and events[-1]["event"] == "summary"
     assert events[-1]["status"] == "interrupted"
-    assert events[-2]["error"]["code"] == "interrupted"
-    # one signal waits up to 1 s for the stuck wait; the second (0.2 s later) ends that
+    assert [e["event"] for e in events] == ["probe", "summary"]
+    assert events[0]["error"]["code"] == "interrupted"
+    # one signal waits up to 1 s for the stuck probe; the second (0.2 s later) ends that
     assert elapsed_two + 0.5 < elapsed_one, (elapsed_one, elapsed_two)
 
 

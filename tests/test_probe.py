@@ -215,8 +215,8 @@ def test_expired_token_is_fetched_again(env):
             clock[0] += 120
         result = bump_image.bump(
             {"image": IMAGE, "registry_mirrors": {"ghcr.io": fake.base_url},
-             "ghcr_probe_attempts": 2}, runner=FakeKubectl(), env=env, sleeper=sleep,
-            clock=lambda: clock[0])
+             "ghcr_probe_attempts": 2, "dry_run": True}, runner=FakeKubectl(), env=env,
+            sleeper=sleep, clock=lambda: clock[0])     # (a clock that stands still: no waits)
         tokens = fake.token_requests
         heads = [r for r in fake.requests if r["method"] == "HEAD"]
     assert result.probe.status == "available" and result.probe.attempts == 2
@@ -693,8 +693,8 @@ def probe_with_clock(fake, env, steps):
     clock = Clock(steps)
     result = bump_image.bump(
         {"image": IMAGE, "registry_mirrors": {"ghcr.io": fake.base_url},
-         "ghcr_probe_attempts": len(steps) + 1}, runner=FakeKubectl(), env=env,
-        sleeper=clock.sleep, clock=clock)
+         "ghcr_probe_attempts": len(steps) + 1, "dry_run": True}, runner=FakeKubectl(),
+        env=env, sleeper=clock.sleep, clock=clock)     # (a clock only the sleeper moves: no waits)
     return result, fake.token_requests, [r for r in fake.requests if r["method"] == "HEAD"]
 
 

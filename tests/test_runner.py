@@ -51,8 +51,10 @@ def test_default_runner_change_and_rollout(fp, tmp_path, env):
                 stdout=json.dumps(before))
     fp.register(["kubectl", "patch", "deployment", "noetl-worker", fp.any()],
                 stdout="deployment.apps/noetl-worker patched\n")
-    fp.register(["kubectl", "rollout", "status", "deployment/noetl-worker", fp.any()],
-                stdout='deployment "noetl-worker" successfully rolled out\n')
+    after = deployment("noetl-worker", {"worker": IMAGE}, init={"wait-for-api": IMAGE})
+    after["metadata"]["generation"] = after["status"]["observedGeneration"] = 2
+    fp.register(["kubectl", "get", "deployment/noetl-worker", fp.any()],   # the poll
+                stdout=json.dumps(after))
     fp.register(["kubectl", "get", "replicasets,pods", "--namespace=noetl",
                  "--selector=app=noetl-worker", fp.any()],
                 stdout=json.dumps({"kind": "List", "items": []}))
@@ -70,11 +72,13 @@ def test_default_runner_change_and_rollout(fp, tmp_path, env):
 
 def test_default_runner_kubectl_failure(fp, tmp_path, env):
     env = stub_kubectl(tmp_path, env)
-    fp.register(["kubectl", "get", fp.any()], returncode=1,
+    # the read of the three, then each on its own to find which failed
+    fp.register(["kubectl", "get", fp.any()], returncode=1, occurrences=4,
                 stderr='Error from server (Forbidden): deployments.apps is forbidden\n')
     run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never"})], env=env)
     assert run.code == 1
     assert {e["error"]["code"] for e in run.event("component")} == {"kubectl_failed"}
+    assert fp.call_count(["kubectl", "get", fp.any()]) == 4
 
 
 def test_not_executable_is_exit_4(tmp_path, env):

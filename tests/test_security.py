@@ -252,8 +252,10 @@ def test_popen_gets_a_list_and_never_a_shell(fp, tmp_path, env):
     fp.register(["kubectl", "get", "deployment/noetl-server", fp.any()], stdout=json.dumps(dep),
                 callback=record)
     fp.register(["kubectl", "patch", fp.any()], stdout="patched\n", callback=record)
-    fp.register(["kubectl", "rollout", "status", fp.any()], stdout="rolled out\n",
-                callback=record)
+    after = deployment("noetl-server", {"server": IMAGE})
+    after["metadata"]["generation"] = after["status"]["observedGeneration"] = 2
+    fp.register(["kubectl", "get", "deployment/noetl-server", fp.any()],   # the poll
+                stdout=json.dumps(after), callback=record)
     fp.register(["kubectl", "get", "replicasets,pods", fp.any()],
                 stdout='{"kind": "List", "items": []}', callback=record)
     run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never",
