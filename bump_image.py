@@ -3360,6 +3360,7 @@ class _Wait:
     strikes: int = 0               # failed reads in a row
     said: str = None               # the last progress line about its status
     pods_said: str = None          # ... and about its pods
+    gone: bool = False             # the workload went away: nothing to roll back
 
     def end(self, error=None):
         self.finished, self.error = True, error
@@ -3450,6 +3451,7 @@ class Rollouts:
         w.strikes = 0
         obj = reading.objects.get(name)
         if obj is None or (comp.uid and _meta(obj).get("uid") != comp.uid):
+            w.gone = True
             w.end(("rollout_failed", '%s "%s" went away during the rollout (%s in namespace'
                    ' "%s")' % (comp.workload.title, name, "not found" if obj is None else
                                "deleted and created again", e.settings.namespace)))
@@ -4092,7 +4094,8 @@ class Engine:
             code, message = w.error
             self.log("%s: %s: %s" % (comp.workload.key, code, message))
             if w.purpose == "change" and self.settings.rollback_on_failure and code in (
-                    "rollout_failed", "rollout_timeout") and not self.out_of_time(1.0):
+                    "rollout_failed", "rollout_timeout") and not w.gone \
+                    and not self.out_of_time(1.0):
                 rollback = self.rollback(w)
                 if rollback is not None:
                     rollbacks.append(rollback)
