@@ -527,6 +527,10 @@ PAYLOAD_KEYS = (
         shown="none"),
     Key("kubectl", "path", "the kubectl binary (a name on `PATH` or a path)",
         default="kubectl", attr="kubectl"),
+    Key("check_platforms", "choice", "before any change, compare the platforms a probed image"
+        " provides with the os/arch of the nodes each workload can run on; `always` refuses"
+        " when that cannot be known; see [platforms](#platform-check)", default="auto",
+        choices=PROBE_MODES, attr="check_platforms"),
     Key("cluster_access", "choice", "`kubectl`; `api`: the Kubernetes API with the pod's"
         " service account (no kubectl needed); `auto`: kubectl when it is there, else the API"
         " in a pod; see [cluster access](#cluster-access)", default="auto",
@@ -592,6 +596,7 @@ class Settings:
     context: str                   # or None
     kubeconfig: str                # or None
     kubectl: str
+    check_platforms: str
     cluster_access: str
     pin_digest: bool
     fail_fast_seconds: float
@@ -1120,18 +1125,24 @@ def parse_retry_after(value, now=None):
 class ProbeResult:
     """What the probe of one image found: ``status`` (``available``, ``skipped`` or
     ``unavailable``), the attempts spent, the digest, an error (``{"code",
-    "message"}``) when unavailable, and the image."""
+    "message"}``) when unavailable, the image, and the platforms it provides
+    (``[(os, arch, variant)]``; None when not learned) with the digests of its
+    per-platform manifests (what a runtime may report as a pod's ``imageID``)."""
 
     status: str
     attempts: int = 0
     digest: str = None             # or None
     error: dict = None             # or None
     image: str = None              # the image's reference as the payload wrote it
+    platforms: list = None         # [(os, arch, variant)], or None: not learned
+    manifests: list = field(default_factory=list)   # per-platform manifest digests
 
     def event(self):
         """The ``probe`` output line."""
         return {"event": "probe", "image": self.image, "status": self.status,
-                "attempts": self.attempts, "digest": self.digest, "error": self.error}
+                "attempts": self.attempts, "digest": self.digest, "error": self.error,
+                "platforms": None if self.platforms is None else [
+                    platform_text(p) for p in self.platforms]}
 
 
 @dataclass
@@ -1670,6 +1681,8 @@ class RegistryProbe:
         self.attempts_allowed = settings.probe_attempts
         self.sleep_seconds = settings.probe_sleep
         self.need_digest = settings.pin_digest and ref.digest is None
+        self.want_platforms = settings.check_platforms != "never"
+        self.auth = None        # the Authorization that the last answer accepted
         self.timeout = timeout
         self.opener = opener
         self.sleeper = sleeper
@@ -1705,7 +1718,10 @@ class RegistryProbe:
             if outcome.ok:
                 self.log("probe %s: available%s (attempt %d/%d)" % (
                     text, " as " + outcome.digest if outcome.digest else "", attempt, n))
-                return ProbeResult("available", attempt, outcome.digest, image=text)
+                result = ProbeResult("available", attempt, outcome.digest, image=text)
+                if self.want_platforms:
+                    result.platforms, result.manifests = self.learn_platforms(outcome.digest)
+                return result
             if not outcome.retryable or attempt == n:
                 break
             wait = self.sleep_seconds
@@ -1757,6 +1773,8 @@ class RegistryProbe:
                 outcome.message += "; credentials are looked up for %s in %s (%s)" % (
                     self.host, docker_config_path(self.env),
                     "found" if self._credentials() else "none there")
+            if outcome.ok:
+                self.auth = auth
             if outcome.ok and not outcome.digest and self.need_digest:
                 outcome.digest = self._digest_of_manifest(auth)
             return outcome
@@ -1817,6 +1835,73 @@ class RegistryProbe:
         self.log("probe %s: no Docker-Content-Digest on HEAD; the manifest's sha256 is %s"
                  % (self.ref.text, digest))
         return digest
+
+    # -- the image's platforms -------------------------------------------------
+
+    def learn_platforms(self, digest):
+        """The platforms the image provides and its per-platform manifests' digests,
+        read with bounded GETs after the probe saw it: the manifest (by the digest the
+        probe saw), an index's nested indexes (two levels at most), or a single
+        manifest's config blob (a redirect to storage is followed without
+        ``Authorization``).  ``(None, [])`` when they cannot be learned (logged)."""
+        requests = {"count": 0, "bytes": 0}
+        try:
+            reference = digest or self.ref.digest or self.ref.tag
+            body, media = self._get_json(self._url("manifests", reference), requests)
+            platforms, manifests = [], []
+            pending = [(body, media, 0)]
+            while pending:
+                doc, media, depth = pending.pop(0)
+                if media in MEDIA_INDEXES or "manifests" in doc:
+                    found, nested = index_entries(doc)
+                    platforms += [p for p in found if p not in platforms]
+                    manifests += [e.get("digest") for e in doc.get("manifests") or []
+                                  if isinstance(e, dict) and e.get("mediaType")
+                                  in MEDIA_MANIFESTS and is_digest(str(e.get("digest")))]
+                    if depth < 2:
+                        for child in nested[:8]:
+                            pending.append(self._get_json(self._url("manifests", child),
+                                                          requests) + (depth + 1,))
+                    continue
+                config = (doc.get("config") or {}).get("digest")
+                if not is_digest(str(config or "")):
+                    raise _AttemptFailed(_Outcome("platforms_unknown", "the manifest names no"
+                                                  " config blob"))
+                blob, _ = self._get_json(self._url("blobs", config), requests)
+                found = normalize_platform(blob.get("os"), blob.get("architecture"),
+                                           blob.get("variant"))
+                if found[0] and found[1] and found not in platforms:
+                    platforms.append(found)
+        except _AttemptFailed as failed:
+            self.log("probe %s: cannot learn its platforms: %s" % (self.ref.text,
+                                                                   failed.outcome.message))
+            return None, []
+        self.log("probe %s: provides %s (%d GET%s, %d bytes)" % (
+            self.ref.text, ", ".join(platform_text(p) for p in platforms) or "no platform",
+            requests["count"], "" if requests["count"] == 1 else "s", requests["bytes"]))
+        return platforms, manifests
+
+    def _url(self, kind, reference):
+        return "%s/v2/%s/%s/%s" % (self.base, self.ref.path, kind, reference)
+
+    def _get_json(self, url, requests):
+        """GET a manifest or blob (bounded) as JSON: ``(document, media type)``."""
+        resp = self._request("GET", url, {"Accept": MANIFEST_ACCEPT}, self.auth,
+                             read_body=True, too_large="platforms_unknown")
+        requests["count"] += 1
+        requests["bytes"] += len(resp.body)
+        if resp.status != 200:
+            raise _AttemptFailed(_Outcome("platforms_unknown", "%s answered %d to GET %s"
+                                          % (self.host, resp.status, urlsplit(url).path)))
+        try:
+            doc = json.loads(resp.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            doc = None
+        if not isinstance(doc, dict):
+            raise _AttemptFailed(_Outcome("platforms_unknown", "GET %s answered something"
+                                          " that is not a JSON object" % urlsplit(url).path))
+        media = doc.get("mediaType") or (resp.headers.get("Content-Type") or "").split(";")[0]
+        return doc, media.strip()
 
     def _fetch_token(self, params):
         """Exchange a Bearer challenge for a pull token (Docker token protocol; the
@@ -2113,6 +2198,202 @@ def rollout_verdict(obj):
     return _VERDICTS.get(kind, _deployment_verdict)(obj, name, spec, status)
 
 
+# -- platforms: what an image provides, where a pod can run (pure) ---------------------
+
+MEDIA_INDEXES = frozenset(("application/vnd.oci.image.index.v1+json",
+                           "application/vnd.docker.distribution.manifest.list.v2+json"))
+MEDIA_MANIFESTS = frozenset(("application/vnd.oci.image.manifest.v1+json",
+                             "application/vnd.docker.distribution.manifest.v2+json"))
+ATTESTATION = "attestation-manifest"
+#: Tolerations every pod has (the DefaultTolerationSeconds admission plugin), and what the
+#: DaemonSet controller adds to its pods (pkg/controller/daemon/util).
+DEFAULT_TOLERATIONS = ({"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                        "effect": "NoExecute"},
+                       {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                        "effect": "NoExecute"})
+DAEMONSET_TOLERATIONS = DEFAULT_TOLERATIONS + tuple(
+    {"key": "node.kubernetes.io/" + key, "operator": "Exists", "effect": "NoSchedule"}
+    for key in ("disk-pressure", "memory-pressure", "pid-pressure", "unschedulable"))
+
+
+def normalize_platform(os_name, arch, variant=None):
+    """``(os, arch, variant or None)`` as containerd normalizes them (pure):
+    ``aarch64`` is ``arm64`` (whose ``v8`` is no variant), ``x86_64`` is ``amd64``,
+    ``armhf`` is ``arm/v7``, ``armel`` ``arm/v6``, a bare ``arm`` ``arm/v7``."""
+    os_name = (os_name or "").lower() or None
+    arch, variant = (arch or "").lower(), (variant or "").lower()
+    if os_name == "macos":
+        os_name = "darwin"
+    if arch == "i386":
+        arch, variant = "386", ""
+    elif arch in ("x86_64", "x86-64", "amd64"):
+        arch, variant = "amd64", "" if variant == "v1" else variant
+    elif arch in ("aarch64", "arm64"):
+        arch = "arm64"
+        variant = {"8": "", "v8": "", "v8.0": "", "9": "v9", "9.0": "v9",
+                   "v9.0": "v9"}.get(variant, variant)
+    elif arch == "armhf":
+        arch, variant = "arm", "v7"
+    elif arch == "armel":
+        arch, variant = "arm", "v6"
+    elif arch == "arm":
+        variant = {"": "v7", "7": "v7", "5": "v5", "6": "v6", "8": "v8"}.get(variant, variant)
+    return os_name, arch or None, variant or None
+
+
+def platform_text(platform):
+    """``linux/arm/v7`` from ``("linux", "arm", "v7")``."""
+    return "/".join(p for p in platform if p)
+
+
+def index_entries(index):
+    """The platforms an index's entries name, and the nested indexes to read (pure):
+    ``([(os, arch, variant)], [digest])``.  Attestation entries (BuildKit's
+    ``unknown/unknown`` with ``vnd.docker.reference.type: attestation-manifest``)
+    and entries of unknown media types are not platforms."""
+    platforms, nested = [], []
+    for entry in (index or {}).get("manifests") or []:
+        if not isinstance(entry, dict):
+            continue
+        media = entry.get("mediaType")
+        if media in MEDIA_INDEXES:
+            if is_digest(str(entry.get("digest") or "")):
+                nested.append(entry["digest"])
+            continue
+        if media not in MEDIA_MANIFESTS:
+            continue
+        annotations = entry.get("annotations") or {}
+        platform = entry.get("platform") or {}
+        if annotations.get("vnd.docker.reference.type") == ATTESTATION or (
+                platform.get("os") == "unknown" and platform.get("architecture") == "unknown"):
+            continue
+        found = normalize_platform(platform.get("os"), platform.get("architecture"),
+                                   platform.get("variant"))
+        if found[0] and found[1] and found not in platforms:
+            platforms.append(found)
+    return platforms, nested
+
+
+def provides(platforms, wanted):
+    """Does an image with ``platforms`` run where ``wanted`` (os, arch, variant) is?
+    The os and arch must be equal; a variant missing on either side matches (pure)."""
+    os_name, arch, variant = wanted
+    return any(p[0] == os_name and p[1] == arch and (not p[2] or not variant or p[2] == variant)
+               for p in platforms)
+
+
+def node_platform(node):
+    """A node's (os, arch, None) from its ``kubernetes.io/os`` and ``/arch`` labels
+    (the beta labels, or ``status.nodeInfo``, when they are missing)."""
+    labels = _meta(node).get("labels") or {}
+    info = (node.get("status") or {}).get("nodeInfo") or {}
+    os_name = (labels.get("kubernetes.io/os") or labels.get("beta.kubernetes.io/os")
+               or info.get("operatingSystem"))
+    arch = (labels.get("kubernetes.io/arch") or labels.get("beta.kubernetes.io/arch")
+            or info.get("architecture"))
+    found = normalize_platform(os_name, arch)
+    return found[0], found[1], None     # nodes do not say their arm variant
+
+
+def _requirement_holds(requirement, value):
+    """One node selector requirement (``In``, ``NotIn``, ``Exists``, ``DoesNotExist``,
+    ``Gt``, ``Lt``) against a label's value (None: no such label)."""
+    op, values = requirement.get("operator"), requirement.get("values") or []
+    if op == "In":
+        return value is not None and value in values
+    if op == "NotIn":
+        return value is None or value not in values
+    if op == "Exists":
+        return value is not None
+    if op == "DoesNotExist":
+        return value is None
+    if op in ("Gt", "Lt"):
+        try:
+            have, limit = int(value), int(values[0])
+        except (TypeError, ValueError, IndexError):
+            return False
+        return have > limit if op == "Gt" else have < limit
+    return False
+
+
+def _term_matches(term, node):
+    """A ``nodeSelectorTerm``: every expression (labels) and field (``metadata.name``)
+    holds; a term with neither matches nothing (as the scheduler reads it)."""
+    labels = _meta(node).get("labels") or {}
+    fields = {"metadata.name": _meta(node).get("name")}
+    exprs, field_exprs = term.get("matchExpressions") or [], term.get("matchFields") or []
+    if not exprs and not field_exprs:
+        return False
+    return (all(_requirement_holds(r, labels.get(r.get("key"))) for r in exprs)
+            and all(_requirement_holds(r, fields.get(r.get("key"))) for r in field_exprs))
+
+
+def _tolerates(tolerations, taint):
+    """Does a toleration of the list tolerate ``taint``? (Equal with key and value,
+    Exists with key, Exists with no key tolerates all; an empty effect matches all.)"""
+    for tol in tolerations:
+        if tol.get("effect") and tol.get("effect") != taint.get("effect"):
+            continue
+        op = tol.get("operator") or "Equal"
+        if op == "Exists" and not tol.get("key"):
+            return True
+        if tol.get("key") != taint.get("key"):
+            continue
+        if op == "Exists" or (tol.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def pod_fits_node(pod_spec, node, daemonset=False):
+    """Can a pod of this template land on ``node``? (pure; the scheduler's rules that
+    decide where an image must run): its ``nodeSelector``, its required node affinity
+    (terms ORed, expressions ANDed), and every ``NoSchedule``/``NoExecute`` taint
+    tolerated (by the pod's tolerations, the ones every pod gets, and for a DaemonSet
+    the ones its controller adds).  A cordoned node takes no new pod but a
+    DaemonSet's.  Returns ``(True, None)`` or ``(False, why)``."""
+    pod_spec = pod_spec or {}
+    labels = _meta(node).get("labels") or {}
+    for key, value in (pod_spec.get("nodeSelector") or {}).items():
+        if labels.get(key) != value:
+            return False, "nodeSelector %s=%s" % (key, value)
+    required = (((pod_spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = required.get("nodeSelectorTerms")
+    if terms is not None and not any(_term_matches(t, node) for t in terms):
+        return False, "required node affinity"
+    tolerations = list(pod_spec.get("tolerations") or []) + list(
+        DAEMONSET_TOLERATIONS if daemonset else DEFAULT_TOLERATIONS)
+    taints = list((node.get("spec") or {}).get("taints") or [])
+    if (node.get("spec") or {}).get("unschedulable"):
+        taints.append({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"})
+    for taint in taints:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and \
+                not _tolerates(tolerations, taint):
+            return False, "taint %s%s:%s" % (taint.get("key"), "=" + taint["value"]
+                                             if taint.get("value") else "", taint["effect"])
+    return True, None
+
+
+def platform_refusal(image, platforms, template, nodes, daemonset=False):
+    """The platform check of one workload (pure): None when every node its pods can
+    land on runs a platform the image provides, else the message of
+    ``platform_unsupported``, naming the missing platforms and one node, e.g.
+    ``image X provides linux/amd64 only; node w2 is linux/arm64 (3 of 5 eligible
+    nodes)``."""
+    spec = (template or {}).get("spec") or {}
+    eligible = [n for n in nodes if pod_fits_node(spec, n, daemonset)[0]]
+    missing = [n for n in eligible if not provides(platforms, node_platform(n))]
+    if not missing:
+        return None
+    lacking = list(dict.fromkeys(platform_text(node_platform(n)) for n in missing))
+    offered = ", ".join(platform_text(p) for p in platforms) or "no platform"
+    return "image %s provides %s%s; node %s is %s (%d of %d eligible node%s%s)" % (
+        image, offered, " only" if platforms else "", _meta(missing[0]).get("name", "?"),
+        platform_text(node_platform(missing[0])), len(missing), len(eligible),
+        "" if len(eligible) == 1 else "s",
+        "; missing: " + ", ".join(lacking) if len(lacking) > 1 else "")
+
+
 # -- what to do with one workload --------------------------------------------------
 
 @dataclass
@@ -2371,18 +2652,19 @@ def describe_pods(pods):
                                            ": " + "; ".join(notes) if notes else "")
 
 
-def verify_pods(pods, containers, target, digest):
+def verify_pods(pods, containers, target, digest, manifests=()):
     """Do the new revision's ``pods`` run the target? ``(True|False|None, reason)``.
 
     Each named container (regular or init) must report the target repository and,
-    when a digest is known, carry it: in ``imageID`` (containerd, Docker) or, when
-    the target is pinned to it, in the reported image reference (CRI-O reports the
-    per-platform digest as ``imageID`` when an index digest was pinned).  None when
-    there are no pods to check.
+    when a digest is known, carry it: in ``imageID`` (containerd, Docker), or as
+    ``imageID`` one of the index's per-platform manifests (``manifests``, learned by
+    the platform check: CRI-O reports the per-platform digest), or, when the target
+    is pinned to it, in the reported image reference.  None when there are no pods
+    to check.
     """
     if not pods:
         return None, "no running pods of the new revision to check"
-    by_reference = 0
+    by_reference = by_platform = 0
     for pod in pods:
         pod_name = _meta(pod).get("name", "?")
         by_name = {cs.get("name"): cs for cs in _statuses(pod)}
@@ -2401,6 +2683,9 @@ def verify_pods(pods, containers, target, digest):
             if digest:
                 if image_id.endswith("@" + digest) or image_id == digest:
                     continue
+                if any(image_id.endswith("@" + m) or image_id == m for m in manifests):
+                    by_platform += 1
+                    continue
                 if target.digest == digest and ref is not None and ref.digest == digest:
                     by_reference += 1
                     continue
@@ -2412,10 +2697,14 @@ def verify_pods(pods, containers, target, digest):
                     pod_name, cname, image, target.text)
     how = ""
     if digest:
-        how = " (digest matched by imageID)" if not by_reference else (
-            " (digest matched by the pinned image reference for %d container%s: their imageID"
-            " is another digest, the per-platform one CRI-O reports)"
-            % (by_reference, "" if by_reference == 1 else "s"))
+        how = " (digest matched by imageID)"
+        if by_platform:
+            how = (" (imageID is the index's per-platform manifest for %d container%s, as"
+                   " CRI-O reports it)" % (by_platform, "" if by_platform == 1 else "s"))
+        if by_reference:
+            how = (" (digest matched by the pinned image reference for %d container%s: their"
+                   " imageID is another digest, the per-platform one CRI-O reports)"
+                   % (by_reference, "" if by_reference == 1 else "s"))
     return True, "%d pod%s run%s the target%s" % (
         len(pods), "" if len(pods) == 1 else "s", "s" if len(pods) == 1 else "", how)
 
@@ -3587,6 +3876,8 @@ class Component:
     selector: dict = None          # its spec.selector.matchLabels
     previous: dict = None          # {container: image} before the change
     rolled_out: bool = False       # a rollout was waited for: check its pods
+    platforms_checked: bool = False  # the platform check compared it with the nodes
+    manifests: list = field(default_factory=list)  # its image's per-platform digests
 
     @property
     def name(self):
@@ -3618,7 +3909,8 @@ class Component:
                 "previous_image": self.previous_image, "containers": self.containers,
                 "duration_seconds": self.duration, "error": self.error,
                 "digest": self.digest, "verified": self.verified,
-                "rolled_back": self.rolled_back, "restored_image": self.restored_image}
+                "rolled_back": self.rolled_back, "restored_image": self.restored_image,
+                "platforms_checked": self.platforms_checked}
 
 
 @dataclass
@@ -3698,6 +3990,8 @@ class Engine:
         self.error = None
         self.context = None            # kubectl's current context, once read
         self._threads = []
+        self._nodes = None             # the nodes (or why they cannot be read), once read
+        self._noted = set()            # notes said once per run
 
     # -- time and signals ------------------------------------------------------
 
@@ -3797,7 +4091,7 @@ class Engine:
         if self.settings.pin_digest and probe.digest:
             image = workload.image.pinned(probe.digest)
         return Component(workload, self.settings.namespace, image, probe.digest, self.clock(),
-                         probed=probe.status == "available")
+                         probed=probe.status == "available", manifests=probe.manifests)
 
     # -- preflight ---------------------------------------------------------
 
@@ -4002,6 +4296,12 @@ class Engine:
             comp.revision = _annotations(obj).get(REVISION)
             comp.uid = _meta(obj).get("uid")
             comp.selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels")
+        if decision.action in ("patch", "plan"):
+            refusal = self.platform_check(comp, obj)
+            if refusal is not None:
+                self.log("%s: %s: %s; not changed" % (comp.workload.key, refusal[0],
+                                                       refusal[1]))
+                decision = Decision("refuse", refusal[0], refusal[1])
         if decision.action == "refuse":
             comp.fail(decision.code, decision.message, self.clock)
         elif decision.action in ("skip", "unchanged", "plan"):
@@ -4012,6 +4312,45 @@ class Engine:
         else:
             return comp, decision
         return None
+
+    def platform_check(self, comp, obj):
+        """The platform check of one workload about to change: None (go on), or the
+        refusal ``(code, message)``.  Only probed images are checked; the nodes are
+        read once per run.  What cannot be known is skipped with a note under
+        ``auto``, refused as ``platform_unknown`` under ``always``."""
+        mode = self.settings.check_platforms
+        if mode == "never" or not comp.probed:
+            return None
+        probe = self.probes[self.settings.images.index(comp.workload.image)]
+        if probe.platforms is None:
+            why = "the platforms of image %s could not be learned from the registry" % (
+                comp.workload.image.text)
+        else:
+            nodes = self.read_nodes()
+            if isinstance(nodes, ClusterError):
+                why = "the nodes cannot be read: %s (the check needs list on nodes, a" \
+                      " ClusterRole: README.md, section RBAC)" % nodes.message
+            else:
+                comp.platforms_checked = True
+                message = platform_refusal(comp.workload.image.text, probe.platforms,
+                                           _pod_template(obj), nodes,
+                                           comp.workload.kind == "daemonset")
+                return None if message is None else ("platform_unsupported", message)
+        if mode == "always":
+            return "platform_unknown", why + "; not changed (check_platforms: always)"
+        if why not in self._noted:
+            self._noted.add(why)
+            self.log("platform check skipped: %s" % why)
+        return None
+
+    def read_nodes(self):
+        """The cluster's nodes, read once per run (a list), or the ``ClusterError``."""
+        if self._nodes is None:
+            try:
+                self._nodes = self.access.nodes()
+            except ClusterError as exc:
+                self._nodes = exc
+        return self._nodes
 
     def patch(self, changes):
         """Send the changes (``[(comp, decision)]``): workloads of one kind that take
@@ -4183,7 +4522,7 @@ class Engine:
         for comp in todo:
             comp.verified, reason = verify_pods(
                 new_pods(comp.uid, comp.expected, replicasets, pods, comp.digest),
-                comp.containers, comp.target, comp.digest)
+                comp.containers, comp.target, comp.digest, comp.manifests)
             self.log("%s: verification: %s" % (comp.workload.key, reason))
 
 

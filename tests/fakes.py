@@ -67,7 +67,7 @@ class FakeKubectl:
     it: ``get`` (every read of the workloads), ``poll`` (every read but the
     first), ``patch``, ``rollout undo``, ``facts`` (ReplicaSets and Pods),
     ``delete``, ``config``; ``digests`` maps an image to the digest its pods
-    report.
+    report; ``nodes`` is the list ``get nodes`` answers (None: Forbidden).
     """
 
     def __init__(self, deployments=None, context="sim", present=True):
@@ -82,6 +82,7 @@ class FakeKubectl:
         self.digests = {}
         self.history = {name: [] for name in self.deployments}
         self.reads = 0
+        self.nodes = None           # a list of Node objects; None: reading them is Forbidden
 
     # -- the runner protocol ----------------------------------------------
 
@@ -99,6 +100,12 @@ class FakeKubectl:
             if self.context is None and "config" not in self.fail:
                 return bump_image.Completed(1, "", "error: current-context is not set\n")
             return self.fail.get("config") or bump_image.Completed(0, self.context + "\n")
+        if args[:2] == ["get", "nodes"]:
+            if self.nodes is None:
+                return bump_image.Completed(1, "", 'Error from server (Forbidden): nodes is'
+                                            ' forbidden: User "sim" cannot list resource'
+                                            ' "nodes" in API group "" at the cluster scope\n')
+            return self._json({"kind": "List", "items": self.nodes})
         if args[:1] == ["get"] and args[1] in ("replicasets,pods", "pods"):
             return self.fail.get("facts") or self._json({"kind": "List",
                                                          "items": self._facts()})
@@ -132,6 +139,8 @@ class FakeKubectl:
                     a.split("/", 1)[1] for a in args[2:])))
             elif args[0] == "get" and args[1] in ("replicasets,pods", "pods"):
                 out.append("facts")
+            elif args[:2] == ["get", "nodes"]:
+                out.append("get nodes")
             elif args[0] == "get":
                 out.append("get " + " ".join(a.split("/", 1)[1] for a in args[1:]))
             else:

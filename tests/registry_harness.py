@@ -649,19 +649,23 @@ class DistributionRegistry(common.Serving):
             raise HarnessError("registry digest %s != pushed %s" % (returned, digest))
         return digest
 
-    def _push_single(self, repository, tag, flavour, label):
-        """Upload a config + one layer; return (manifest bytes, media type)."""
-        layer_tar = _tiny_layer(("%s:%s:%s" % (repository, tag, label)).encode("utf-8"))
+    def _push_single(self, repository, tag, flavour, label, platform="linux/amd64"):
+        """Upload a config (for ``platform``, ``os/arch[/variant]``) + one layer;
+        return (manifest bytes, media type)."""
+        layer_tar = _tiny_layer(("%s:%s:%s:%s" % (repository, tag, label, platform)
+                                 ).encode("utf-8"))
         layer = _gzip(layer_tar)
-        config = json.dumps({
-            "architecture": "amd64",
-            "os": "linux",
+        os_name, arch, variant = (platform.split("/") + [None])[:3]
+        extra = {"variant": variant} if variant else {}
+        config = json.dumps(dict({
+            "architecture": arch,
+            "os": os_name,
             "config": {"Labels": {"bump-image.test/ref": "%s:%s" % (repository, tag),
                                   "bump-image.test/variant": label}},
             "rootfs": {"type": "layers",
                        "diff_ids": [_sha256_digest(layer_tar)]},
             "history": [{"created_by": "registry_harness"}],
-        }, sort_keys=True).encode("utf-8")
+        }, **extra), sort_keys=True).encode("utf-8")
         config_digest = self.push_blob(repository, config)
         layer_digest = self.push_blob(repository, layer)
         media_type = MEDIA_DOCKER_MANIFEST if flavour == "docker" else MEDIA_OCI_MANIFEST
@@ -726,6 +730,69 @@ class DistributionRegistry(common.Serving):
             "kind": kind,
             "children": children,
         }
+        return digest
+
+
+    def push_platform_image(self, repository, tag, platforms, flavour="oci",
+                            attestation=False, nested=False, index=True):
+        """Push an image for ``platforms`` (``["linux/amd64", "linux/arm/v7", ...]``)
+        and tag it; return the tag's digest.
+
+        With ``index`` (the default): one manifest per platform, each with a config
+        blob naming its os, architecture and variant, and an index (OCI index, or a
+        Docker manifest list with ``flavour="docker"``) whose entries carry the
+        platforms.  ``attestation``: a ``docker buildx``-style attestation manifest
+        per platform (platform ``unknown/unknown``, annotations
+        ``vnd.docker.reference.type: attestation-manifest`` and
+        ``vnd.docker.reference.digest``).  ``nested``: the tagged index holds one
+        entry, another index holding the platforms.  Without ``index``: one
+        manifest, for the first platform, whose config blob says it.
+        Details land in ``self.pushed[(repository, tag)]``."""
+        if not index:
+            payload, media_type = self._push_single(repository, tag, flavour, "single",
+                                                    platforms[0])
+            digest = self.push_manifest(repository, tag, payload, media_type)
+            self.pushed[(repository, tag)] = {"digest": digest, "media_type": media_type,
+                                              "kind": "single", "children": []}
+            return digest
+        entries, children = [], []
+        for platform in platforms:
+            child, child_type = self._push_single(repository, tag, flavour, "platform",
+                                                  platform)
+            child_digest = self.push_manifest(repository, _sha256_digest(child), child,
+                                              child_type)
+            children.append(child_digest)
+            os_name, arch, variant = (platform.split("/") + [None])[:3]
+            entry = {"mediaType": child_type, "size": len(child), "digest": child_digest,
+                     "platform": dict({"architecture": arch, "os": os_name},
+                                      **({"variant": variant} if variant else {}))}
+            entries.append(entry)
+            if attestation:
+                note, note_type = self._push_single(repository, tag, "oci", "attestation",
+                                                    "unknown/unknown")
+                note_digest = self.push_manifest(repository, _sha256_digest(note), note,
+                                                 note_type)
+                entries.append({"mediaType": note_type, "size": len(note),
+                                "digest": note_digest,
+                                "platform": {"architecture": "unknown", "os": "unknown"},
+                                "annotations": {
+                                    "vnd.docker.reference.digest": child_digest,
+                                    "vnd.docker.reference.type": "attestation-manifest"}})
+        media_type = MEDIA_DOCKER_LIST if flavour == "docker" else MEDIA_OCI_INDEX
+        payload = json.dumps({"schemaVersion": 2, "mediaType": media_type,
+                              "manifests": entries}, indent=3).encode("utf-8")
+        if nested:
+            inner = self.push_manifest(repository, _sha256_digest(payload), payload,
+                                       media_type)
+            payload = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
+                                  "manifests": [{"mediaType": media_type,
+                                                 "size": len(payload), "digest": inner}]},
+                                 indent=3).encode("utf-8")
+            media_type = MEDIA_OCI_INDEX
+            children.append(inner)
+        digest = self.push_manifest(repository, tag, payload, media_type)
+        self.pushed[(repository, tag)] = {"digest": digest, "media_type": media_type,
+                                          "kind": "platforms", "children": children}
         return digest
 
 

@@ -44,7 +44,9 @@ def image_of(tag, repo=REPO):
 
 def probe_payload(registry, image, **keys):
     payload = {"image": image, "registry_mirrors": {"ghcr.io": registry.base_url},
-               "ghcr_probe_attempts": 3, "ghcr_probe_sleep_seconds": 0}
+               "ghcr_probe_attempts": 3, "ghcr_probe_sleep_seconds": 0,
+               # the handshake's own requests (the platform check: test_e2e_platforms.py)
+               "check_platforms": "never"}
     payload.update(keys)
     return payload
 
@@ -137,7 +139,8 @@ def test_found_with_the_pushed_digest(registry, env, kind):
     run = probe_run(registry, env, probe_payload(registry, image))
     assert run.code == 0, run.stdout + run.stderr
     assert only_probe_line(run) == {"event": "probe", "image": image, "status": "available",
-                                    "attempts": 1, "digest": digest, "error": None}
+                                    "attempts": 1, "digest": digest, "error": None,
+                                    "platforms": None}
     if kind == "oci-index":
         # the tag points at the index only: its digest, never the child's
         child = registry.pushed[(REPO, tag)]["children"][0]
@@ -240,7 +243,8 @@ def test_pushed_mid_probe_proceeds(registry, env):
         registry, image, ghcr_probe_attempts=5, ghcr_probe_sleep_seconds=0.1), sleeper=sleeper)
     assert run.code == 0, run.stdout + run.stderr
     assert only_probe_line(run) == {"event": "probe", "image": image, "status": "available",
-                                    "attempts": 2, "digest": pushed[0], "error": None}
+                                    "attempts": 2, "digest": pushed[0], "error": None,
+                                    "platforms": None}
     assert sleeper.calls == [0.1]
     assert "attempt 1/5: manifest_unknown" in run.stderr
     assert [c["status"] for c in run.components.values()] == ["changed"] * 3
@@ -344,7 +348,8 @@ def test_private_repo_with_docker_config_credentials(registry, env, form):
     run = probe_run(registry, env, probe_payload(registry, image))
     assert run.code == 0, run.stdout + run.stderr
     assert only_probe_line(run) == {"event": "probe", "image": image, "status": "available",
-                                    "attempts": 1, "digest": digest, "error": None}
+                                    "attempts": 1, "digest": digest, "error": None,
+                                    "platforms": None}
     assert len(tokens.requests) == 1
     token = tokens.requests[0]
     assert (token["auth_scheme"], token["user"], token["authenticated"]) == \
@@ -411,13 +416,15 @@ def test_full_flow_worked_example_then_pin_digest(registry, cluster):
     cluster.sim.set_digest(image, digest)
 
     def payload(**keys):
-        return cluster.payload(**probe_payload(registry, image, probe="auto", **keys))
+        return cluster.payload(**probe_payload(registry, image, probe="auto",
+                                               check_platforms="auto", **keys))
 
     # the worked example: {"image": ...}, all three defaults
     run = cluster.bump(payload())
     assert run.code == 0, run.stdout + run.stderr
     assert only_probe_line(run) == {"event": "probe", "image": image, "status": "available",
-                                    "attempts": 1, "digest": digest, "error": None}
+                                    "attempts": 1, "digest": digest, "error": None,
+                                    "platforms": ["linux/amd64"]}
     assert list(run.components) == DEFAULTS
     for comp in run.components.values():
         assert comp["status"] == "changed", comp

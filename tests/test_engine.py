@@ -12,7 +12,7 @@ from bump_image import Completed
 
 COMPONENT_KEYS = {"event", "component", "kind", "namespace", "status", "image", "previous_image",
                   "containers", "duration_seconds", "error", "digest", "verified",
-                  "rolled_back", "restored_image"}
+                  "rolled_back", "restored_image", "platforms_checked"}
 SUMMARY_KEYS = {"event", "status", "image", "images", "changed", "unchanged", "skipped",
                 "planned", "errors", "exit_code", "error", "duration_seconds", "cluster_access"}
 ALL = "noetl-server noetl-worker ollama-bridge"

@@ -34,6 +34,8 @@ def run(fake_or_url, env, runner=None, **payload):
     payload.setdefault("image", IMAGE)
     payload.setdefault("registry_mirrors", {"ghcr.io": base})
     payload.setdefault("ghcr_probe_sleep_seconds", 1)
+    # the handshake's own requests; the platform check's GETs have tests of their own
+    payload.setdefault("check_platforms", "never")
     sleeps = Sleeps()
     kubectl = runner or FakeKubectl()
     events = []
@@ -53,7 +55,8 @@ def test_anonymous_token_flow_finds_the_digest(env):
         reqs = fake.requests
     assert result.exit_code == 0
     assert probe_line(events) == {"event": "probe", "image": IMAGE, "status": "available",
-                                  "attempts": 1, "digest": DIGEST, "error": None}
+                                  "attempts": 1, "digest": DIGEST, "error": None,
+                                  "platforms": None}
     # 1. HEAD without a token -> 401 challenge; 2. token; 3. HEAD with it -> 200
     assert [(r["method"], r["path"]) for r in reqs] == [
         ("HEAD", PATH), ("GET", "/token"), ("HEAD", PATH)]
@@ -377,7 +380,8 @@ def test_local_images_are_not_probed(env):
     result = bump_image.bump({"image": "noetl:dev"}, runner=FakeKubectl(), opener=RaisingOpener(
         AssertionError("contacted")), env=env, on_event=events.append)
     assert probe_line(events) == {"event": "probe", "image": "noetl:dev", "status": "skipped",
-                                  "attempts": 0, "digest": None, "error": None}
+                                  "attempts": 0, "digest": None, "error": None,
+                                  "platforms": None}
     assert result.exit_code == 0
 
 
@@ -473,6 +477,7 @@ def cli(fake_or_url, env, runner=None, sleeper=None, **payload):
         payload.setdefault("image", IMAGE)
     payload.setdefault("registry_mirrors", {"ghcr.io": base})
     payload.setdefault("ghcr_probe_sleep_seconds", 1)
+    payload.setdefault("check_platforms", "never")      # (tested on its own)
     kubectl = runner or FakeKubectl()
     sleeps = Sleeps()
     done = run_cli(["--payload", json.dumps(payload)], runner=kubectl, env=env,
@@ -514,7 +519,8 @@ def test_pin_digest_without_digest_header_pins_the_sha256_of_the_manifest(env, s
         reqs = fake.requests
     assert done.code == 0, done.stderr
     assert done.event("probe") == [{"event": "probe", "image": IMAGE, "status": "available",
-                                    "attempts": 1, "digest": digest, "error": None}]
+                                    "attempts": 1, "digest": digest, "error": None,
+                                    "platforms": None}]
     pinned = IMAGE + "@" + digest
     assert {c["image"] for c in done.components.values()} == {pinned}
     assert {c["digest"] for c in done.components.values()} == {digest}
@@ -643,7 +649,7 @@ def test_token_endpoint_429_waits_its_retry_after_then_retries(env):
         fake.script("/token", [Resp(429, headers={"Retry-After": "2"}), Resp(builtin=True)])
         sleeps, progress = Sleeps(), []
         result = bump_image.bump(
-            {"image": IMAGE, "registry_mirrors": {"ghcr.io": fake.base_url},
+            {"check_platforms": "never", "image": IMAGE, "registry_mirrors": {"ghcr.io": fake.base_url},
              "ghcr_probe_sleep_seconds": 9, "ghcr_probe_attempts": 3},
             runner=FakeKubectl(), sleeper=sleeps, env=env, progress=progress.append)
         reqs = fake.requests
@@ -729,7 +735,8 @@ def test_upper_case_registry_host_is_probed_through_the_mirror(env):
         reqs = fake.requests
     assert done.code == 0, done.stderr
     assert done.event("probe") == [{"event": "probe", "image": image, "status": "available",
-                                    "attempts": 1, "digest": DIGEST, "error": None}]
+                                    "attempts": 1, "digest": DIGEST, "error": None,
+                                  "platforms": None}]
     assert [(r["method"], r["path"]) for r in reqs] == [
         ("HEAD", "/v2/noetl/noetl/manifests/v1"), ("GET", "/token"),
         ("HEAD", "/v2/noetl/noetl/manifests/v1")]

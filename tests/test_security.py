@@ -446,8 +446,11 @@ def test_basic_challenge_credentials_do_not_follow_a_redirect(env):
         reached = other.requests
     assert run.code == 0, run.stdout
     assert_no_secret(run)
-    assert basic == [(0, "HEAD", PATH)]
-    assert [r["headers"].get("Authorization") for r in reached] == [None]
+    # only to the registry that asked (its HEAD, and the platform check's GET by digest,
+    # which this fake answers 404: the platforms stay unknown), never to the redirect's host
+    assert basic == [(0, "HEAD", PATH), (0, "GET", PATH.rsplit("/", 1)[0] + "/" + DIGEST)]
+    assert [(r["method"], r["headers"].get("Authorization")) for r in reached] == [
+        ("HEAD", None)]
 
 
 def test_credentials_never_appear_in_a_docker_config_error(env):
