@@ -3650,6 +3650,7 @@ class _Wait:
     said: str = None               # the last progress line about its status
     pods_said: str = None          # ... and about its pods
     gone: bool = False             # the workload went away: nothing to roll back
+    ended_at: float = None         # clock() when its verdict came
 
     def end(self, error=None):
         self.finished, self.error = True, error
@@ -3687,6 +3688,10 @@ class Rollouts:
         next_look, looking, first_seen = started + _FIRST_DIAGNOSIS, True, {}
         while True:
             e.check_signals()
+            now = e.clock()
+            for w in waits:
+                if w.finished and w.ended_at is None:
+                    w.ended_at = now      # each its own: a verdict is not held for others
             pending = [w for w in waits if not w.finished]
             if not pending:
                 return
@@ -3894,14 +3899,15 @@ class Component:
         finds ``repo:tag@digest`` already in place)."""
         return parse_image(self.image)
 
-    def finish(self, status, clock):
+    def finish(self, status, clock, at=None):
+        """Finish with ``status``; ``at``: when its verdict came (default now)."""
         self.status = status
-        self.duration = round(clock() - self.started, 3)
+        self.duration = round((clock() if at is None else at) - self.started, 3)
 
-    def fail(self, code, message, clock):
+    def fail(self, code, message, clock, at=None):
         """Finish as ``error`` with ``code`` and ``message``."""
         self.error = {"code": code, "message": message}
-        self.finish("error", clock)
+        self.finish("error", clock, at)
 
     def event(self):
         return {"event": "component", "component": self.name, "kind": self.workload.kind,
@@ -4428,7 +4434,8 @@ class Engine:
             if w.error is None:
                 comp.rolled_out = True
                 self.log("%s: rolled out" % comp.workload.key)
-                comp.finish("changed" if w.purpose == "change" else "unchanged", self.clock)
+                comp.finish("changed" if w.purpose == "change" else "unchanged", self.clock,
+                            w.ended_at)
                 continue
             code, message = w.error
             self.log("%s: %s: %s" % (comp.workload.key, code, message))
@@ -4439,7 +4446,7 @@ class Engine:
                 if rollback is not None:
                     rollbacks.append(rollback)
                 continue                  # rollback() finished the component if it failed
-            comp.fail(code, message, self.clock)
+            comp.fail(code, message, self.clock, w.ended_at)
         if rollbacks:
             self.rollouts.wait(rollbacks)
             for w in rollbacks:
