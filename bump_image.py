@@ -996,61 +996,117 @@ def parse_payload(payload):
 
 _LINES_KEYS = tuple(k.name for k in PAYLOAD_KEYS) + ("script",)
 _UNRENDERED_RE = re.compile(r"\{\{ ?(?:workload\.)?([A-Za-z_][A-Za-z0-9_]*) ?\}\}")
+_COMMENTED_RE = re.compile(r"\{# (.*) #\}", re.S)
+_UNRENDERED_B64_RE = re.compile(
+    r"\{\{ ?(?:workload\.)?([A-Za-z_][A-Za-z0-9_]*) ?\| ?b64encode ?\}\}")
+_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 def parse_payload_lines(text):
     """A payload dict from ``key=value`` lines, the form a NoETL shell step renders
     (``--payload-lines``; see README's NoETL section).
 
-    Every payload key and ``script`` appears exactly once, in any order, and
-    nothing else does: so a value that carries a line break cannot add, repeat or
-    drop a key.  An empty value, ``null``/``None`` or an unrendered
-    ``{{ workload.KEY }}`` means "not given".  Values are typed by their key:
-    numbers and booleans from their text (``12``, ``2.5``, ``true``/``True``),
-    lists and objects as JSON or as Python literals (what Jinja renders); the
-    payload's usual rules then apply.  ``script`` (the playbook's path of this
-    tool) is checked as a path and otherwise ignored.
+    Two forms.  Version 2's: every payload key and ``script`` exactly once, in any
+    order, and nothing else.  The playbook's (version 3): every key twice, once as
+    ``KEY={# {{ workload.KEY }} #}`` and once as ``KEY_b64={{ workload.KEY |
+    b64encode }}``, because NoETL's two runtimes render them differently: the local
+    runtime substitutes the first as text (the value between ``{# `` and `` #}``)
+    and leaves the filter line unrendered; the production runtime drops the
+    comment and renders the filter (the value in base64, so that nothing in the
+    command holds ``{{`` or ``{%`` and the worker's second template pass never
+    evaluates a value).  When both carry a value they must agree, or the run stops
+    (exit 2): some template pass changed it.  Either way a value that carries a
+    line break cannot add, repeat or drop a key.
+
+    An empty value, or an unrendered one, means "not given"; so do ``null`` and
+    ``None`` except from base64 for a key whose value is text (a namespace may be
+    named ``null``).  Values are typed by their key: numbers and booleans from their
+    text (``12``, ``2.5``, ``true``/``True``), lists and objects as JSON or as
+    Python literals (what Jinja renders); the payload's usual rules then apply.
+    ``script`` (the playbook's path of this tool) is checked as a path and
+    otherwise ignored.
     """
-    payload, seen = {}, set()
+    given = {}
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
+    names = _LINES_KEYS + tuple(k + "_b64" for k in _LINES_KEYS)
     for number, line in enumerate(lines, 1):
         name, sep, raw = line.partition("=")
         where = "line %d of the payload lines" % number
-        if not sep or name not in _LINES_KEYS:
+        if not sep or name not in names:
             raise PayloadError("%s is not KEY=VALUE with a payload key: %s"
                                % (where, json.dumps(line[:60])),
-                               hint=_did_you_mean(name, _LINES_KEYS) if sep else None)
-        if name in seen:
+                               hint=_did_you_mean(name, names) if sep else None)
+        if name in given:
             raise PayloadError("%s repeats %s: a value may hold a line break"
                                % (where, name))
-        seen.add(name)
         if _CONTROL_RE.search(raw):
             raise PayloadError("%s: the value of %s holds a control character"
                                % (where, name))
-        value = _line_value(KEYS_BY_NAME.get(name), raw)
-        if value is not None:
-            payload[name] = value
-    missing = [k for k in _LINES_KEYS if k not in seen]
+        given[name] = raw
+    both = any(name.endswith("_b64") for name in given)
+    missing = [n for n in (names if both else _LINES_KEYS) if n not in given]
     if missing:
         raise PayloadError("the payload lines lack %s (every key is given, empty when"
                            " unset: a value with a line break may have cut them off)"
                            % ", ".join(missing))
+    payload = {}
+    for name in _LINES_KEYS:
+        text, exact = _line_text(name, given[name], given.get(name + "_b64"))
+        value = _line_value(KEYS_BY_NAME.get(name), text, exact)
+        if value is not None:
+            payload[name] = value
     script = payload.pop("script", None)
     if script is not None:
         _check_path(Key("script", "path", "this tool"), script)
     return payload
 
 
-def _line_value(key, raw):
-    """One line's value, typed by its key (see ``parse_payload_lines``)."""
+def _line_text(name, raw, b64):
+    """One key's text from its two renderings (see ``parse_payload_lines``):
+    ``(text or None, exact)``, ``exact`` when it came through base64."""
+    commented = _COMMENTED_RE.fullmatch(raw)
+    if commented:
+        raw = commented.group(1)
     unrendered = _UNRENDERED_RE.fullmatch(raw)
-    if raw in ("", "null", "None") or (unrendered and key is not None
-                                        and unrendered.group(1) == key.name):
+    if raw == "" or (unrendered and unrendered.group(1) == name):
+        raw = None
+    decoded = None
+    if b64 is not None and b64 != "":
+        filtered = _UNRENDERED_B64_RE.fullmatch(b64)
+        if not (filtered and filtered.group(1) == name):
+            if not _B64_RE.fullmatch(b64) or len(b64) % 4:
+                raise PayloadError("%s_b64 is not base64: a template pass changed the"
+                                   " payload lines" % name)
+            try:
+                decoded = base64.b64decode(b64, validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                raise PayloadError("%s_b64 is not base64 of UTF-8 text" % name)
+            if _CONTROL_RE.search(decoded):
+                raise PayloadError("the value of %s holds a control character" % name)
+    if decoded is not None:
+        if raw is not None and raw != decoded:
+            raise PayloadError(
+                "the two renderings of %s disagree (%s and, in base64, %s): a template"
+                " pass changed the value; refusing to guess"
+                % (name, json.dumps(raw[:60]), json.dumps(decoded[:60])))
+        return decoded, True
+    return raw, False
+
+
+def _line_value(key, raw, exact=False):
+    """One line's value, typed by its key (see ``parse_payload_lines``)."""
+    if raw is None:
         return None
-    if key is None or key.kind not in ("integer", "number", "boolean", "workloads",
-                                       "images", "mirrors"):
+    unrendered = _UNRENDERED_RE.fullmatch(raw)
+    textual = key is None or key.kind not in ("integer", "number", "boolean", "workloads",
+                                              "images", "mirrors")
+    if raw == "" or (unrendered and key is not None and unrendered.group(1) == key.name):
+        return None
+    if raw in ("null", "None") and not (exact and textual):
+        return None
+    if textual:
         return raw
     if key.kind == "boolean":
         return {"true": True, "false": False}.get(raw.lower(), raw)
@@ -3882,6 +3938,7 @@ class Component:
     previous: dict = None          # {container: image} before the change
     rolled_out: bool = False       # a rollout was waited for: check its pods
     platforms_checked: bool = False  # the platform check compared it with the nodes
+    applied: bool = False          # its change was applied (a patch answered, or read back)
     manifests: list = field(default_factory=list)  # its image's per-platform digests
 
     @property
@@ -4409,6 +4466,7 @@ class Engine:
     def patched(self, comp, decision):
         """The change is applied: wait for its rollout, or finish (nothing to wait
         for: scaled to zero, OnDelete)."""
+        comp.applied = True
         if not decision.wait:
             self.log(decision.note)
             comp.finish("changed", self.clock)
@@ -4586,6 +4644,40 @@ def render_text(events):
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     return "".join("%s  %s  %s\n" % (a.ljust(w0), b.ljust(w1), c) for a, b, c in rows)
+
+
+def report_lines(result):
+    """The run's outcome for a person, the last progress lines (pure): what failed
+    and why, and what the cluster is left with — under NoETL's local runtime the
+    terminal is all an operator sees."""
+    summary = result.summary()
+    head = "result: %s (exit %d)" % (summary["status"], result.exit_code)
+    unavailable = [p for p in result.probes or () if p.status == "unavailable"]
+    if unavailable:
+        lines = [head + ": nothing was changed"]
+        for probe in unavailable:
+            lines.append("  image %s unavailable: %s: %s" % (
+                probe.image, probe.error["code"], probe.error["message"]))
+        return lines
+    counts = ", ".join("%d %s" % (summary[k], k) for k in (
+        "changed", "unchanged", "planned", "skipped", "errors") if summary[k])
+    lines = [head + (": " + counts if counts else "")]
+    if summary["error"]:
+        lines.append("  %s: %s" % (summary["error"]["code"], summary["error"]["message"]))
+    if result.exit_code == 0:
+        return lines
+    for comp in result.components:
+        key = comp.workload.key
+        if comp.status == "error":
+            lines.append("  %s: %s: %s" % (key, comp.error["code"], comp.error["message"]))
+            if comp.rolled_back:
+                lines.append("    %s is back on %s" % (key, comp.restored_image))
+            elif comp.applied:
+                lines.append("    %s is left on %s (its change stays applied)"
+                             % (key, comp.image))
+        elif comp.status == "changed":
+            lines.append("  %s: changed: now %s" % (key, comp.image))
+    return lines
 
 
 def payload_help():
@@ -4937,15 +5029,18 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
             (out.keep, out.progress_log), why = open_log_files(args.log_dir, env)
             if why:
                 stderr.write("bump_image: not keeping a log: %s\n" % why)
+        progress = Progress(stderr, out.progress_log)
         with Signals() as signals:
             try:
                 settings = parse_payload(payload_from_args(args, stdin))
                 signals.raising = False
                 engine = Engine(settings, runner=runner, opener=opener, sleeper=sleeper,
-                                clock=clock, env=env, on_event=out.write,
-                                progress=Progress(stderr, out.progress_log), signals=signals,
-                                started=started)
-                code = engine.run().exit_code
+                                clock=clock, env=env, on_event=out.write, progress=progress,
+                                signals=signals, started=started)
+                result = engine.run()
+                code = result.exit_code
+                for line in report_lines(result):
+                    progress(line)
             except Interrupted as exc:     # before the run started: nothing was contacted
                 code = 128 + exc.signum
                 out.write({"event": "error", "error": {
@@ -4956,6 +5051,8 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
         return code
     except BumpError as exc:
         out.write(exc.event())
+        Progress(stderr, out.progress_log)("%s (exit %d): %s%s" % (
+            exc.code, exc.exit_code, exc.message, " (%s)" % exc.hint if exc.hint else ""))
         out.close()
         return exc.exit_code
     except BrokenPipeError:
