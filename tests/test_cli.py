@@ -70,7 +70,11 @@ def test_invalid_payload_contacts_nothing(env):
     run = run_cli(["--payload", json.dumps({"image": IMAGE, "deployments": []})],
                   runner=kubectl, opener=net, env=env)
     assert run.code == 2 and kubectl.calls == [] and net.used == []
-    assert run.stderr == ""
+    # one JSON line on stdout; stderr says the same to a person, in one line
+    (error,) = [e["error"] for e in run.events]
+    assert error["hint"]
+    assert run.stderr == "bump_image: invalid_payload (exit 2): %s (%s)\n" % (
+        error["message"], error["hint"])
 
 
 def test_override_flags(env):
@@ -155,7 +159,9 @@ def test_a_bad_payload_from_a_real_process_has_no_traceback():
     done = subprocess.run([sys.executable, str(ROOT / "bump_image.py"), "--payload", "{"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     assert done.returncode == 2
-    assert b"Traceback" not in done.stderr and done.stderr == b""
+    assert b"Traceback" not in done.stderr
+    assert done.stderr.startswith(b"bump_image: invalid_payload (exit 2): the payload is not"
+                                  b" valid JSON") and done.stderr.count(b"\n") == 1
     assert json.loads(done.stdout)["error"]["code"] == "invalid_payload"
 
 

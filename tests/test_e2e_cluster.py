@@ -299,6 +299,16 @@ def test_paused_deployment_is_not_changed(cluster):
     assert cluster.writes() == []
 
 
+def after_patch(cluster, plural, name, namespace="noetl"):
+    """The tool's API requests after its only PATCH of ``plural/name`` (as method,
+    path pairs); fails unless there was exactly one."""
+    path = "/apis/apps/v1/namespaces/%s/%s/%s" % (namespace, plural, name)
+    requests = cluster.api_requests()
+    patches = [i for i, r in enumerate(requests) if r["method"] == "PATCH" and r["path"] == path]
+    assert len(patches) == 1, [(r["method"], r["path"]) for r in requests]
+    return [{"method": r["method"], "path": r["path"]} for r in requests[patches[0] + 1:]]
+
+
 def test_scaled_to_zero_is_changed_and_the_rerun_is_clean(cluster):
     """v2: a KEDA-idle worker at replicas 0: the template is set, replicas untouched,
     nothing waited for; the rerun is unchanged, exit 0, and sends no write."""
@@ -311,7 +321,11 @@ def test_scaled_to_zero_is_changed_and_the_rerun_is_clean(cluster):
     assert "spec.replicas is 0" in run.stderr
     assert cluster.image("ollama-bridge", "bridge") == NEW
     assert cluster.sim.get("deployments", "ollama-bridge")["spec"]["replicas"] == 0
-    assert not any("rollout" in " ".join(r["path"]) for r in cluster.api_requests("PATCH"))
+    # nothing waited for: after its one PATCH the tool read neither the Deployment (a
+    # rollout wait polls it by name) nor any ReplicaSets or Pods (fail fast, verification)
+    later = after_patch(cluster, "deployments", "ollama-bridge")
+    assert not [r for r in later if r["path"].endswith("/deployments/ollama-bridge")], later
+    assert not [r for r in later if r["path"].endswith(("/pods", "/replicasets"))], later
     cluster.sim.clear_requests()
     run = cluster.bump(cluster.payload(image=NEW, deployment="ollama-bridge"))
     assert run.code == 0 and run.components["ollama-bridge"]["status"] == "unchanged"

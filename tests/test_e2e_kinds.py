@@ -14,6 +14,16 @@ REDIS_OLD, REDIS = "redis:7.2.4", "redis:7.2.5"
 FAST = {"mode": "ready", "delay": 0.1}
 
 
+def after_patch(cluster, plural, name, namespace="noetl"):
+    """The tool's API requests after its only PATCH of ``plural/name`` (as method,
+    path pairs); fails unless there was exactly one."""
+    path = "/apis/apps/v1/namespaces/%s/%s/%s" % (namespace, plural, name)
+    requests = cluster.api_requests()
+    patches = [i for i, r in enumerate(requests) if r["method"] == "PATCH" and r["path"] == path]
+    assert len(patches) == 1, [(r["method"], r["path"]) for r in requests]
+    return [{"method": r["method"], "path": r["path"]} for r in requests[patches[0] + 1:]]
+
+
 def noetl_v3(cluster):
     """NoETL as it runs today: server and worker images of their own, a StatefulSet."""
     cluster.sim.add_deployment("noetl-server", containers=[
@@ -26,6 +36,7 @@ def noetl_v3(cluster):
 
 def test_two_images_and_a_statefulset_then_the_rerun(cluster):
     noetl_v3(cluster)
+    revision_before = cluster.sim.get("statefulsets", "redis")["status"]["updateRevision"]
     payload = cluster.payload(images={"noetl-server": SERVER, "noetl-worker": WORKER,
                                       "statefulset/redis": REDIS}, parallel=True)
     run = cluster.bump(payload)
@@ -44,9 +55,19 @@ def test_two_images_and_a_statefulset_then_the_rerun(cluster):
     paths = {r["path"] for r in cluster.api_requests("GET")}
     assert "/apis/apps/v1/namespaces/noetl/statefulsets/redis" in paths
     assert "/apis/apps/v1/namespaces/noetl/deployments/noetl-server" in paths
+    # the StatefulSet's rollout is complete, as kubectl's status viewer requires (no
+    # partition: currentRevision has reached updateRevision), at a revision that is new
     sts = cluster.sim.get("statefulsets", "redis")
-    assert sts["status"]["currentRevision"] == sts["status"]["updateRevision"] or \
-        sts["status"]["updatedReplicas"] == 3
+    status = sts["status"]
+    assert status["observedGeneration"] == sts["metadata"]["generation"], status
+    assert status["updateRevision"] != revision_before, status
+    assert status["currentRevision"] == status["updateRevision"], status
+    assert status["updatedReplicas"] == status["readyReplicas"] == 3, status
+    pods = [p for p in cluster.sim.list("pods", namespace="noetl")
+            if p["metadata"]["name"].startswith("redis-")]
+    assert sorted((p["metadata"]["name"], p["metadata"]["labels"]["controller-revision-hash"],
+                   p["spec"]["containers"][0]["image"]) for p in pods) == [
+        ("redis-%d" % i, status["updateRevision"], REDIS) for i in range(3)]
     cluster.sim.clear_requests()
     rerun = cluster.bump(payload)
     assert rerun.code == 0
@@ -91,7 +112,12 @@ def test_on_delete_is_changed_not_waited_for(cluster, kind, add):
     comp = run.components["x"]
     assert comp["status"] == "changed" and comp["verified"] is None
     assert "OnDelete" in run.stderr
-    assert not any("rollout" in r["path"] for r in cluster.api_requests())
+    # not waited for: after its one PATCH the tool read neither the workload (a rollout
+    # wait polls it by name) nor any Pods or ControllerRevisions (fail fast, verification)
+    later = after_patch(cluster, kind + "s", "x")
+    assert not [r for r in later if r["path"].endswith("/%ss/x" % kind)], later
+    assert not [r for r in later if r["path"].endswith(("/pods", "/controllerrevisions"))], \
+        later
     assert cluster.image("x", "x", kind=kind + "s") == NEW
     run = cluster.bump(cluster.payload(image=NEW, deployment=kind + "/x"))
     assert run.code == 0 and run.components["x"]["status"] == "unchanged"

@@ -26,6 +26,7 @@ delivered to the real CLI process.
 """
 
 import email.utils
+import errno
 import io
 import json
 import os
@@ -444,12 +445,25 @@ def test_trickled_token_body_is_cut_off_at_the_deadline(env):
 
 
 def test_trickled_response_headers_are_cut_off_at_the_deadline(env):
+    """A 200 status line whose headers never end: the request's deadline cuts it, and
+    the cut answer is a time-out, never an available image (http.client would make a
+    200 of the half-read headers: release 2.0.0 took it as available and patched)."""
     server = RawServer("trickle-headers")
+    kubectl = FakeKubectl()
     try:
-        finished, outcome, _ = probe_in_thread(server.base_url, env, limit=3)
+        finished, outcome, _ = probe_in_thread(server.base_url, env, limit=3, runner=kubectl)
     finally:
         server.stop()
     assert finished, "the probe was still reading trickled headers after 3 s (http_timeout=1)"
+    assert "raised" not in outcome, outcome
+    events = outcome["events"]
+    line = probe_line(events)
+    assert line["status"] == "unavailable" and line["digest"] is None, line
+    assert line["error"]["code"] == "timeout" and line["attempts"] == 1, line
+    assert "within 1 s" in line["error"]["message"], line
+    assert [e["event"] for e in events] == ["probe", "summary"]
+    assert events[-1]["exit_code"] == 3 and events[-1]["changed"] == 0
+    assert kubectl.calls == []                        # nothing read, nothing patched
 
 
 def test_tls_to_a_plain_http_server_fails_clearly_without_http_fallback(env):
@@ -498,6 +512,7 @@ def test_kubectl_with_a_missing_interpreter_is_kubectl_failed(env, tmp_path):
     kubectl = script(tmp_path / "kubectl", "#!/nonexistent/interpreter\n")
     run = cli(env, kubectl=kubectl)
     assert_cli_contract(run, 1)
+    assert list(run.components) == list(bump_image.DEFAULT_DEPLOYMENTS)
     for comp in run.event("component"):
         assert comp["error"]["code"] == "kubectl_failed"
         assert comp["error"]["message"].startswith("cannot run " + kubectl)
@@ -509,6 +524,12 @@ def test_kubectl_that_is_not_a_program_is_reported(env, tmp_path):
     path.chmod(0o755)
     run = cli(env, kubectl=str(path))
     assert_cli_contract(run, 1)
+    # every workload says why: the kernel refused to run it (ENOEXEC), nothing else
+    message = "cannot run %s: %s" % (path, os.strerror(errno.ENOEXEC))
+    assert [(c["component"], c["status"], c["error"]["code"], c["error"]["message"])
+            for c in run.event("component")] == [
+        (name, "error", "kubectl_failed", message) for name in bump_image.DEFAULT_DEPLOYMENTS]
+    assert run.summary["errors"] == 3 and run.summary["changed"] == 0
 
 
 @pytest.mark.parametrize("output", [b"deployment.apps/noetl-server\n", b"\xff\xfe{not json",
@@ -518,6 +539,7 @@ def test_kubectl_that_prints_something_other_than_json(env, tmp_path, output):
     kubectl = script(tmp_path / "kubectl", "#!/bin/sh\ncat %s\n" % (tmp_path / "out"))
     run = cli(env, kubectl=kubectl)
     assert_cli_contract(run, 1)
+    assert list(run.components) == list(bump_image.DEFAULT_DEPLOYMENTS)
     for comp in run.event("component"):
         assert comp["error"]["code"] == "kubectl_failed"
         assert "printed" in comp["error"]["message"]

@@ -2,7 +2,10 @@
 
 * ``parse_payload`` on any JSON value, and on objects built from the real keys with
   arbitrary or plausible values: ``Settings`` or ``PayloadError`` (exit 2, an event that
-  is strict JSON), never another exception;
+  is strict JSON), never another exception; a payload built by the documented rules
+  (``valid_payloads``) is always accepted, and it is a large share of what the other
+  properties draw, so that their checks of a valid payload's ``Settings`` run (each
+  property counts its valid and invalid examples and fails when either is too rare);
 * the CLI with arbitrary ``--payload`` text: exit 2 and exactly one JSON error line with
   nothing contacted, or, for a valid payload, the contract's lines;
 * ``parse_image`` on any text: ``ImageRef`` or ``ValueError``; a valid reference
@@ -16,6 +19,7 @@ float range, a registry port above 65535, a NUL in an ``@file`` name, non-ASCII 
 in ``Retry-After``).
 """
 
+import collections
 import email.message
 import io
 import json
@@ -152,6 +156,132 @@ def keyed_payloads(draw):
     return payload
 
 
+# -- payloads that are valid by the documented rules (README "Payload") ---------------
+
+# registry hosts a reference may name (ports up to 65535; a registry_mirrors key is
+# lower-case)
+valid_host = st.one_of(
+    st.builds(lambda a, b, port: "%s.%s%s" % (a, b, ":%d" % port if port else ""),
+              st.text(LOWER, min_size=1, max_size=8), st.text(LOWER, min_size=1, max_size=6),
+              st.one_of(st.none(), st.integers(1, 65535))),
+    st.sampled_from(["localhost", "localhost:5000", "[::1]:5000", "127.0.0.1:5001", "Upper",
+                     "ghcr.io", "docker.io", "index.docker.io", "kind-registry:5000"]))
+mirror_host = valid_host.filter(lambda h: h == h.lower())
+KIND_PREFIXES = ["", "", "deployment/", "deploy/", "statefulset/", "sts/", "daemonset/", "ds/",
+                 "STS/", "DaemonSet/"]
+# a DNS-1123 subdomain: labels joined by "."
+workload_name = st.lists(dns_label, min_size=1, max_size=2).map(".".join)
+
+
+@st.composite
+def valid_repositories(draw):
+    """``[host/]path`` with no tag or digest."""
+    text = "/".join(draw(st.lists(path_component, min_size=1, max_size=3)))
+    if draw(st.booleans()):
+        text = draw(valid_host) + "/" + text
+    return text
+
+
+@st.composite
+def valid_images(draw):
+    """A reference with a tag, a digest or both."""
+    text = draw(valid_repositories())
+    form = draw(st.sampled_from(["tag", "tag", "digest", "both"]))
+    if form != "digest":
+        text += ":" + draw(tag)
+    if form != "tag":
+        text += "@" + draw(digest)
+    return text
+
+
+#: every optional key, with values in its documented range
+VALID_OPTIONS = {
+    "namespace": dns_label,
+    "container": dns_label,
+    "ghcr_probe_attempts": st.integers(1, 10000),
+    "ghcr_probe_sleep_seconds": st.integers(0, 3600) | st.floats(0, 3600),
+    "probe": st.sampled_from(["auto", "always", "never"]),
+    "registry_mirrors": st.dictionaries(mirror_host, st.sampled_from([
+        "https://mirror.internal", "http://127.0.0.1:5000/", "https://m.example:8443/base"]),
+        max_size=2),
+    "rollout_timeout_seconds": st.integers(1, 86400),
+    "deadline_seconds": st.integers(1, 604800) | st.floats(0, 604800, exclude_min=True),
+    "dry_run": st.booleans(),
+    "expected_kube_context": context_name,
+    "context": context_name,
+    "kubeconfig": st.sampled_from(["/k", "kubeconfig.yaml", "/home/u/.kube/config"]),
+    "kubectl": st.sampled_from(["kubectl", "/usr/local/bin/kubectl"]),
+    "check_platforms": st.sampled_from(["auto", "always", "never"]),
+    "cluster_access": st.sampled_from(["auto", "kubectl", "api"]),
+    "pin_digest": st.booleans(),
+    "fail_fast_seconds": st.integers(0, 86400) | st.floats(0, 86400),
+    "rollback_on_failure": st.booleans(),
+    "parallel": st.booleans(),
+}
+
+
+@st.composite
+def valid_payloads(draw):
+    """A payload that the documented rules accept: one of the image forms (``image``,
+    the playbook's ``image_repository`` + ``target_tag``, both agreeing, or ``images``),
+    an optional list key with unique workloads (``KIND/NAME`` or a bare name), and up to
+    eight optional keys in range; ``context``/``kubeconfig`` never with
+    ``cluster_access: api``, ``pin_digest`` only with ``probe: always``; sometimes a key
+    given as null (its default)."""
+    names = draw(st.lists(workload_name, min_size=1, max_size=4, unique=True))
+    workloads = [draw(st.sampled_from(KIND_PREFIXES)) + name for name in names]
+    payload = {}
+    list_key = draw(st.sampled_from([None, "deployment", "deployments", "components"]))
+    if list_key == "deployment":
+        workloads = workloads[:1]
+        payload["deployment"] = workloads[0]
+    elif list_key is not None:
+        payload[list_key] = workloads
+    form = draw(st.sampled_from(["image", "playbook", "both", "images"]))
+    if form == "images":
+        named = workloads
+        if list_key is not None:
+            named = [w for w in workloads if draw(st.booleans())] or workloads[:1]
+        payload["images"] = {w: draw(valid_images()) for w in named}
+        if len(named) < len(workloads):
+            payload["image"] = draw(valid_images())     # the image of the others
+    elif form == "image":
+        payload["image"] = draw(valid_images())
+    else:
+        repository, release = draw(valid_repositories()), draw(tag)
+        payload.update(image_repository=repository, target_tag=release)
+        if form == "both":
+            payload["image"] = repository + ":" + release
+    for key in draw(st.lists(st.sampled_from(sorted(VALID_OPTIONS)), unique=True, max_size=8)):
+        payload[key] = draw(VALID_OPTIONS[key])
+    if payload.get("cluster_access") == "api":
+        payload.pop("context", None)
+        payload.pop("kubeconfig", None)
+    if payload.get("pin_digest"):
+        payload["probe"] = "always"
+    if draw(st.integers(0, 9)) == 0:
+        payload[draw(st.sampled_from(sorted(VALID_OPTIONS)))] = None
+    return payload
+
+
+@st.composite
+def mixed(draw, other, valid_in=3):
+    """``other``, or (about one time in ``valid_in``) a payload built by the rules."""
+    if draw(st.integers(1, valid_in)) == 1:
+        return draw(valid_payloads())
+    return draw(other)
+
+
+def assert_share(seen, label, at_least):
+    """Each outcome in ``at_least`` (outcome -> fraction) was at least that share of
+    the examples counted in ``seen``."""
+    total = sum(seen.values())
+    assert total, "no example ran"
+    for outcome, share in at_least.items():
+        assert seen[outcome] >= share * total, "%s: %s is %d of %d examples (%s), less than" \
+            " %d %%" % (label, outcome, seen[outcome], total, dict(seen), share * 100)
+
+
 def check_parse(payload):
     """The property shared by the payload tests; returns "valid" or "invalid"."""
     try:
@@ -180,21 +310,63 @@ def check_parse(payload):
 
 # -- (a) parse_payload -------------------------------------------------------------
 
-@settings(max_examples=1500, **FUZZ)
-@given(json_values)
-def test_parse_payload_on_any_json_value(value):
-    note_event(check_parse(value))
+def test_valid_payload_keys_are_the_real_ones():
+    assert set(VALID_OPTIONS) | {"image", "image_repository", "target_tag", "images",
+                                 "deployment", "deployments", "components"} == \
+        set(bump_image.KEYS_BY_NAME)
 
 
-@settings(max_examples=1200, **FUZZ)
-@given(keyed_payloads())
-@example({"image": "ghcr.io/noetl/noetl:v1"})
-@example({"image": "a:1", "ghcr_probe_sleep_seconds": float("nan")})
-@example({"image": "a:1", "fail_fast_seconds": float("-inf")})
-@example({"image": "a:1", "rollout_timeout_seconds": 3.0})
-@example({"image_repository": "ghcr.io/noetl/noetl", "target_tag": "v1", "components": ["a"]})
-def test_parse_payload_on_objects_of_the_real_keys(payload):
-    note_event(check_parse(payload))
+def test_parse_payload_accepts_every_payload_built_by_the_rules():
+    seen = collections.Counter()
+
+    @settings(max_examples=600, **FUZZ)
+    @given(valid_payloads())
+    def prop(payload):
+        try:
+            bump_image.parse_payload(payload)
+        except PayloadError as exc:
+            raise AssertionError("refused: %s (hint: %s)" % (exc, exc.hint)) from None
+        seen[check_parse(payload)] += 1
+
+    prop()
+    assert_share(seen, "valid_payloads", {"valid": 1.0})
+    assert sum(seen.values()) >= 500, seen
+
+
+def test_parse_payload_on_any_json_value():
+    """Any JSON value, about a third of them payloads built by the rules (valid): both
+    outcomes are counted, and each must be common."""
+    seen = collections.Counter()
+
+    @settings(max_examples=1500, **FUZZ)
+    @given(mixed(json_values, valid_in=5))
+    def prop(value):
+        outcome = check_parse(value)
+        note_event(outcome)
+        seen[outcome] += 1
+
+    prop()
+    assert_share(seen, "any JSON value", {"valid": 0.2, "invalid": 0.3})
+
+
+def test_parse_payload_on_objects_of_the_real_keys():
+    seen = collections.Counter()
+
+    @settings(max_examples=1200, **FUZZ)
+    @given(mixed(keyed_payloads()))
+    @example({"image": "ghcr.io/noetl/noetl:v1"})
+    @example({"image": "a:1", "ghcr_probe_sleep_seconds": float("nan")})
+    @example({"image": "a:1", "fail_fast_seconds": float("-inf")})
+    @example({"image": "a:1", "rollout_timeout_seconds": 3.0})
+    @example({"image_repository": "ghcr.io/noetl/noetl", "target_tag": "v1",
+              "components": ["a"]})
+    def prop(payload):
+        outcome = check_parse(payload)
+        note_event(outcome)
+        seen[outcome] += 1
+
+    prop()
+    assert_share(seen, "objects of the real keys", {"valid": 0.3, "invalid": 0.2})
 
 
 @pytest.mark.parametrize("key", ["ghcr_probe_sleep_seconds", "fail_fast_seconds"])
@@ -227,15 +399,9 @@ payload_texts = st.one_of(
 ).filter(lambda text: not text.startswith("@"))          # @FILE reads files: see below
 
 
-@settings(max_examples=1000, **FUZZ)
-@given(payload_texts)
-@example("-")
-@example("--help")
-@example("-1")
-@example('{"image": "ghcr.io/noetl/noetl:v1", "probe": "never"}')
-@example('{"image": "a:1", "image": "a:1"}')
-@example('{"image": "a:1", "rollout_timeout_seconds": NaN}')
-def test_cli_on_any_payload_text(text):
+def run_payload_text(text):
+    """The CLI on ``text`` with the in-memory kubectl and a registry that has every
+    image; the property's checks; returns "exit 2" or "ran: exit N"."""
     kubectl, opener = FakeKubectl(), Registry200()
     out, err = io.StringIO(), io.StringIO()
     code = bump_image.main(["--payload", text], stdin=io.StringIO(""), stdout=out, stderr=err,
@@ -244,21 +410,51 @@ def test_cli_on_any_payload_text(text):
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert "Traceback" not in err.getvalue()
     if code == 2:
-        note_event("exit 2")
         (line,) = lines
         assert line["event"] == "error" and line["exit_code"] == 2
         assert line["error"]["code"] in ("invalid_payload", "usage")
         assert kubectl.calls == [] and opener.used == [] and err.getvalue() == ""
-        return
-    note_event("ran: exit %d" % code)
+        return "exit 2"
     assert code in (0, 1, 3, 4)
     if code == 4:
         (line,) = lines
         assert line["event"] == "error" and line["exit_code"] == 4
-        return
-    assert lines[0]["event"] == "probe" and lines[-1]["event"] == "summary"
-    assert {e["event"] for e in lines[1:-1]} <= {"component"}
+        return "ran: exit 4"
+    # one probe line per image, then the component lines, the summary last
+    kinds = [e["event"] for e in lines]
+    probes = kinds.index("component") if "component" in kinds else len(kinds) - 1
+    assert probes >= 1 and set(kinds[:probes]) == {"probe"}, kinds
+    assert set(kinds[probes:-1]) <= {"component"} and kinds[-1] == "summary", kinds
+    images = [e["image"] for e in lines[:probes]]
+    assert len(set(images)) == len(images), images
     assert lines[-1]["exit_code"] == code
+    return "ran: exit %d" % code
+
+
+def test_cli_on_any_payload_text():
+    """Any text, about a third of it payloads built by the rules: the runs that get
+    past validation must be common (they are where the contract's lines are checked),
+    and so must the texts refused."""
+    seen = collections.Counter()
+
+    @settings(max_examples=1000, **FUZZ)
+    # a built payload runs with parallel (one wait for all its rollouts: the in-memory
+    # kubectl's rollouts take one poll, 0.25 s of real time, each)
+    @given(mixed(payload_texts).map(lambda p: p if isinstance(p, str)
+                                    else json.dumps(dict(p, parallel=True))))
+    @example("-")
+    @example("--help")
+    @example("-1")
+    @example('{"image": "ghcr.io/noetl/noetl:v1", "probe": "never"}')
+    @example('{"image": "a:1", "image": "a:1"}')
+    @example('{"image": "a:1", "rollout_timeout_seconds": NaN}')
+    def prop(text):
+        outcome = run_payload_text(text)
+        note_event(outcome)
+        seen["exit 2" if outcome == "exit 2" else "ran"] += 1
+
+    prop()
+    assert_share(seen, "payload texts", {"ran": 0.2, "exit 2": 0.3})
 
 
 @pytest.mark.parametrize("image", ["0:70000/0:0", "registry.example.com:99999/noetl/app:1"])
