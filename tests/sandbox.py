@@ -2,8 +2,12 @@
 """The sandbox demo: bump_image against a simulated cluster and a real local registry.
 
     python tests/sandbox.py [--format jsonl|text]      (tox -e demo, .ci/run -e demo)
+    python tests/sandbox.py --keep                     (tox -e sandbox, .ci/run -e sandbox)
 
 No cluster and no network: everything listens on 127.0.0.1 and is stopped at the end.
+With ``--keep`` nothing is run: the sandbox starts, prints what to add to a payload
+(for ``python3 bump_image.py`` or ``noetl run playbooks/bump_image.yaml``) to aim it at
+the sandbox, and stays up until it is stopped (Ctrl-C, SIGTERM).
 
 1. the Kubernetes API simulator (tests/k8s_sim.py) with NoETL's three Deployments at
    ghcr.io/noetl/noetl:v2.35.8 (noetl-server: server; noetl-worker: worker and the init
@@ -116,6 +120,22 @@ class Sandbox:
         self.sim.set_digest(NEW, self.digest)
         say("  the simulated pods of %s report that digest" % NEW)
         return self
+
+    def extras(self):
+        """For --keep: a tag whose pods cannot pull, and the API access's service account."""
+        broken = "ghcr.io/%s:v2.35.10-broken" % REPO
+        self.registry.push_image(REPO, "v2.35.10-broken", kind="oci-index")
+        self.sim.set_image_behaviour(broken, {"mode": "image_pull_backoff"})
+        say("  pushed %s:v2.35.10-broken, whose pods stay in ImagePullBackOff" % REPO)
+        account = os.path.join(self.dir, "serviceaccount")
+        os.mkdir(account)
+        token = "sandbox-" + os.urandom(8).hex()
+        self.sim.set_token(token, "system:serviceaccount:noetl:noetl-worker", [
+            {"namespace": None, "apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}])
+        with open(os.path.join(account, "token"), "w") as fh:
+            fh.write(token)
+        shutil.copy(self.sim.ca_path, os.path.join(account, "ca.crt"))
+        return broken, account
 
     def close(self):
         """Stop the registry and the simulator (each by its own pid) and clean up."""
@@ -241,11 +261,54 @@ def check(label, code, stdout, fmt, want):
     return False
 
 
+def keep(sandbox):
+    """Start the sandbox, say how to aim bump_image and the playbook at it, wait."""
+    import signal
+    broken, account = sandbox.extras()
+    keys = sandbox.payload()
+    path = os.path.join(sandbox.dir, "payload.json")
+    with open(path, "w") as fh:
+        json.dump(keys, fh, indent=2)
+    port = sandbox.sim.https_url.rsplit(":", 1)[1]
+    extra = json.dumps({k: v for k, v in keys.items() if k != "image"})
+    say()
+    say("The sandbox is up.  Add these keys to a payload to aim at it (also in %s):" % path)
+    say("  " + extra)
+    say()
+    say("The tool:")
+    say("  python3 bump_image.py --payload %s" % shlex.quote(json.dumps(keys)))
+    say("The NoETL playbook (PyPI noetl; from this project's root):")
+    say("  RUST_BACKTRACE=0 noetl run playbooks/bump_image.yaml -r local --payload %s"
+        % shlex.quote(json.dumps(keys)))
+    say("A bump that fails (the pods of %s cannot pull):" % broken)
+    say("  ... --payload %s" % shlex.quote(json.dumps(dict(keys, image=broken,
+                                                            fail_fast_seconds=5))))
+    say("A tag that is not published: \"image\": \"ghcr.io/%s:v9.9.9\"" % REPO)
+    say("The API access, as in a pod without kubectl (drop kubeconfig and kubectl):")
+    say("  KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT=%s \\" % port)
+    say("  BUMP_IMAGE_SERVICEACCOUNT_DIR=%s python3 bump_image.py --payload %s" % (
+        account, shlex.quote(json.dumps({"image": NEW, "cluster_access": "api",
+                                         "registry_mirrors": keys["registry_mirrors"]}))))
+    say("kubectl: %s --kubeconfig=%s -n %s get deployments" % (
+        sandbox.kubectl, sandbox.kubeconfig, NAMESPACE))
+    say()
+    say("Stop it with Ctrl-C (or SIGTERM to pid %d)." % os.getpid())
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
+    while not stop:
+        time.sleep(0.5)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="bump_image sandbox demo: a simulated"
                                      " cluster, a local registry, the real CLI run twice")
     parser.add_argument("--format", choices=("jsonl", "text"), default="jsonl",
                         help="passed to bump_image (default: jsonl)")
+    parser.add_argument("--keep", action="store_true",
+                        help="run nothing: start the sandbox, print the payload keys that aim"
+                             " at it, and stay up until stopped")
     args = parser.parse_args(argv)
 
     kubectl = find_kubectl()
@@ -264,6 +327,8 @@ def main(argv=None):
         sandbox.start()
         say("  $SANDBOX = %s (kubeconfig, HOME, DOCKER_CONFIG); python3 = %s"
             % (sandbox.dir, sys.executable))
+        if args.keep:
+            return keep(sandbox)
         say()
         say("== first run: the three Deployments move to %s" % NEW)
         code, stdout = sandbox.run_tool(args.format)
