@@ -4894,6 +4894,7 @@ class _Output:
         self.format = "jsonl"
         self.events = []
         self.keep = None               # the kept .jsonl file (--log-dir)
+        self.kept = None               # ... and its path
         self.progress_log = None       # the kept .log file
 
     def write(self, event):
@@ -4926,8 +4927,8 @@ def open_log_files(folder, env):
     a folder of this user's own), with ``last.jsonl``/``last.log`` pointing at
     them, and the oldest runs' files removed (``LOG_KEEP`` runs stay).
 
-    Returns ``((jsonl file, log file), None)``, or ``((None, None), why)`` when no
-    log can be kept: the folder must be a real folder (not a link), owned by this
+    Returns ``((jsonl file, log file, jsonl path), None)``, or ``((None, None,
+    None), why)`` when no log can be kept: the folder must be a real folder (not a link), owned by this
     user and not writable by others.  Every file is made relative to the folder
     opened once (``O_NOFOLLOW``), so nothing is written through a link swapped in
     after the check."""
@@ -4940,12 +4941,12 @@ def open_log_files(folder, env):
         except FileExistsError:
             pass
         if stat.S_ISLNK(os.lstat(folder).st_mode):
-            return (None, None), "%s is a symbolic link, not a folder" % folder
+            return (None, None, None), "%s is a symbolic link, not a folder" % folder
         dfd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
                       | getattr(os, "O_NOFOLLOW", 0))
         info = os.fstat(dfd)
         if info.st_uid != os.getuid() or info.st_mode & 0o022:
-            return (None, None), ("%s is not a folder of this user's own (owned by uid %d,"
+            return (None, None, None), ("%s is not a folder of this user's own (owned by uid %d,"
                                   " mode %o: writable only by its owner is required)"
                                   % (folder, info.st_uid, info.st_mode & 0o777))
         base = stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-%d" % os.getpid()
@@ -4967,9 +4968,9 @@ def open_log_files(folder, env):
             os.symlink(stem + suffix, link + ".new", dir_fd=dfd)
             os.replace(link + ".new", link, src_dir_fd=dfd, dst_dir_fd=dfd)
         _prune_logs(dfd, names | {stem + ".jsonl"})
-        return tuple(files), None
+        return (files[0], files[1], os.path.join(folder, stem + ".jsonl")), None
     except OSError as exc:
-        return (None, None), "cannot keep the log in %s: %s" % (folder, exc.strerror or exc)
+        return (None, None, None), "cannot keep the log in %s: %s" % (folder, exc.strerror or exc)
     finally:
         if dfd is not None:
             os.close(dfd)
@@ -5026,7 +5027,7 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
             return 0
         out.format = args.format
         if args.log_dir is not None:
-            (out.keep, out.progress_log), why = open_log_files(args.log_dir, env)
+            (out.keep, out.progress_log, out.kept), why = open_log_files(args.log_dir, env)
             if why:
                 stderr.write("bump_image: not keeping a log: %s\n" % why)
         progress = Progress(stderr, out.progress_log)
@@ -5041,6 +5042,8 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, env=None, runner=No
                 code = result.exit_code
                 for line in report_lines(result):
                     progress(line)
+                if out.kept is not None:
+                    progress("the lines are kept in %s" % out.kept)
             except Interrupted as exc:     # before the run started: nothing was contacted
                 code = 128 + exc.signum
                 out.write({"event": "error", "error": {
