@@ -4928,8 +4928,8 @@ def open_log_files(folder, env):
     them, and the oldest runs' files removed (``LOG_KEEP`` runs stay).
 
     Returns ``((jsonl file, log file, jsonl path), None)``, or ``((None, None,
-    None), why)`` when no log can be kept: the folder must be a real folder (not a link), owned by this
-    user and not writable by others.  Every file is made relative to the folder
+    None), why)`` when no log can be kept: the folder must be a real folder (not a
+    link), owned by this user and not writable by others.  Every file is made relative to the folder
     opened once (``O_NOFOLLOW``), so nothing is written through a link swapped in
     after the check."""
     folder = folder or env.get("BUMP_IMAGE_LOG_DIR") or os.path.join(
