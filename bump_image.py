@@ -13,19 +13,23 @@ Command line::
 
 Workloads are Deployments (the default three of NoETL, or any named), StatefulSets and
 DaemonSets (``sts/NAME``, ``ds/NAME``); each may have an image of its own (``images``).
-What one run does, in this order:
+The cluster is reached through kubectl, or through the API itself with a pod's service
+account (``cluster_access``).  What one run does, in this order:
 
 1. validate the payload; nothing is contacted before it passes (exit 2);
-2. probe the registry for every distinct image at once until each manifest is
-   visible, external images only, and give up before anything is changed (exit 3);
-3. read the selected workloads with one ``kubectl get``; for each pick the containers
-   (never guessing), compare, patch only when needed, wait for the rollouts (one
-   ``kubectl rollout status`` for several; failing fast on pods that cannot start),
-   optionally roll back, then verify the running pods;
-4. print one JSON line per probed image, one per workload and a summary on stdout;
-   progress goes to stderr.  Exit 0 ok, 1 a component failed (or none was found),
-   2 bad input, 3 image unavailable, 4 environment (kubectl missing, wrong context),
-   130/143 interrupted.  ``deadline_seconds`` bounds the whole run.
+2. choose the cluster access and run the context guard (exit 4);
+3. probe the registry for every distinct image at once until each manifest is
+   visible, external images only, and learn the platforms it provides; give up
+   before anything is changed (exit 3);
+4. read the selected workloads by name, one kind at a time; for each pick the
+   containers (never guessing), compare, refuse an image its nodes cannot run, patch
+   only when needed, wait for the rollouts (each judged from its own object, failing
+   fast on pods that cannot start), optionally roll back, then verify the pods;
+5. print one JSON line per probed image, one per workload and a summary on stdout;
+   progress, and at the end what failed and what stays changed, on stderr.  Exit 0
+   ok, 1 a component failed (or none was found), 2 bad input, 3 image unavailable, 4
+   environment (no kubectl and no service account, wrong context), 130/143
+   interrupted.  ``deadline_seconds`` bounds every wait of the run.
 
 Library use::
 
@@ -54,17 +58,25 @@ Where things live, top to bottom:
    and images, ``parse_payload`` -> ``Settings``, ``parse_payload_lines`` (NoETL's form).
 5. Registry probe, pure: challenges, ``Retry-After``, judging an answer, endpoints,
    Docker config credentials.
-6. Registry probe, the HTTP edge: the opener (loaded lazily), ``RegistryProbe`` (one
-   image's attempts: token, challenge, digest).
-7. Workloads, pure: ``plan_containers`` (which containers), ``rollout_verdict`` (kubectl's
-   status viewers per kind), ``decide`` (what to do with one workload), the pods of a
-   new revision, ``diagnose``, ``verify_pods``, ``union_selector``.
-8. kubectl, the subprocess edge: ``ProcessRunner`` (deadlines, process groups, death
-   with the tool), ``Kubectl`` (global flags, errors).
-9. The engine: ``Engine`` (preflight, probes, read, apply, patch, wait, roll back,
-   verify) and ``bump``.
-10. Reporting and the command line: ``render_text``, the argument parser, the payload
-    sources (``--payload``, ``--payload-lines``), signals, the kept log, ``main``.
+6. Registry probe, the HTTP edge: ``http_call`` (one request, every wait bounded,
+   name resolution included), the opener, ``RegistryProbe`` (one image's attempts:
+   token, challenge, digest, platforms).
+7. Workloads, pure: ``plan_containers``, ``image_matches``, ``rollout_verdict``
+   (kubectl's status viewers per kind), the platforms (``index_entries``,
+   ``pod_fits_node``, ``platform_refusal``), ``decide``, the pods of a new revision,
+   ``diagnose``, ``describe_pods``, ``verify_pods``, ``union_selector``.
+8. Cluster access: the interface ``ClusterAccess`` and its two implementations,
+   ``KubectlAccess`` (the subprocess edge: ``ProcessRunner``) and ``ApiAccess`` (the
+   API over HTTPS with the pod's ``ServiceAccount``; ``undo_deployment_patch`` and
+   ``undo_revision_patch`` are what ``kubectl rollout undo`` sends).
+9. Rollouts: ``Rollouts`` (waiting: a bounded poll of each workload by name, its own
+   verdict; fail fast) and ``poll_interval``.
+10. The engine: ``Engine`` (preflight, probes, read, decide, patch, settle), with
+    ``Rollbacks`` and ``Checks`` (platforms before a change, verification after),
+    and ``bump``.
+11. Reporting and the command line: ``render_text``, ``report_lines``, the argument
+    parser, the payload sources (``--payload``, ``--payload-lines``), signals, the
+    kept log, ``main``.
 """
 
 import argparse
@@ -87,7 +99,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
-__version__ = "2.0.0"
+__version__ = "3.0.0"
 
 __all__ = [
     "__version__",
@@ -102,6 +114,10 @@ __all__ = [
     "Result",
     "ProbeResult",
     "Component",
+    "ClusterAccess",
+    "KubectlAccess",
+    "ApiAccess",
+    "ClusterError",
     "ProcessRunner",
     "Completed",
     "default_opener",
@@ -3831,7 +3847,7 @@ class Rollouts:
         """End the waits whose time is up, saying what their pods report (one read
         for all of them, when there is time for it)."""
         e = self.engine
-        state = None if e.out_of_time(0.5) else e.pods_of([w.comp for w in late])
+        state = None if e.out_of_time(0.5) else e.checks.pods_of([w.comp for w in late])
         for w in late:
             code, message = self.timed_out(w)
             said = [w.said] if w.said else []
@@ -3850,7 +3866,7 @@ class Rollouts:
         not possible (then only the polls remain), and when the earliest problem still
         short of ``fail_fast_seconds`` will reach it (None: no such problem)."""
         e = self.engine
-        state = e.pods_of([w.comp for w in pending])
+        state = e.checks.pods_of([w.comp for w in pending])
         if state is None:
             return False, None
         replicasets, pods = state
@@ -4046,6 +4062,8 @@ class Engine:
         self.log = progress if progress is not None else _silent
         self.access = access                   # chosen by preflight() unless given
         self.rollouts = Rollouts(self)
+        self.rollbacks = Rollbacks(self)
+        self.checks = Checks(self)
         self.probers = {}
         self.probes = None
         self.components = []
@@ -4053,8 +4071,6 @@ class Engine:
         self.error = None
         self.context = None            # kubectl's current context, once read
         self._threads = []
-        self._nodes = None             # the nodes (or why they cannot be read), once read
-        self._noted = set()            # notes said once per run
 
     # -- time and signals ------------------------------------------------------
 
@@ -4315,7 +4331,7 @@ class Engine:
             self.settle(waits)
         if failure is None and not objects and not errors:
             self.none_found()
-        self.check_pods()
+        self.checks.verify()
 
     def none_found(self):
         """None of the selected workloads exists: most likely the wrong namespace or
@@ -4360,7 +4376,7 @@ class Engine:
             comp.uid = _meta(obj).get("uid")
             comp.selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels")
         if decision.action in ("patch", "plan"):
-            refusal = self.platform_check(comp, obj)
+            refusal = self.checks.platforms(comp, obj)
             if refusal is not None:
                 self.log("%s: %s: %s; not changed" % (comp.workload.key, refusal[0],
                                                        refusal[1]))
@@ -4375,45 +4391,6 @@ class Engine:
         else:
             return comp, decision
         return None
-
-    def platform_check(self, comp, obj):
-        """The platform check of one workload about to change: None (go on), or the
-        refusal ``(code, message)``.  Only probed images are checked; the nodes are
-        read once per run.  What cannot be known is skipped with a note under
-        ``auto``, refused as ``platform_unknown`` under ``always``."""
-        mode = self.settings.check_platforms
-        if mode == "never" or not comp.probed:
-            return None
-        probe = self.probes[self.settings.images.index(comp.workload.image)]
-        if probe.platforms is None:
-            why = "the platforms of image %s could not be learned from the registry" % (
-                comp.workload.image.text)
-        else:
-            nodes = self.read_nodes()
-            if isinstance(nodes, ClusterError):
-                why = "the nodes cannot be read: %s (the check needs list on nodes, a" \
-                      " ClusterRole: README.md, section RBAC)" % nodes.message
-            else:
-                comp.platforms_checked = True
-                message = platform_refusal(comp.workload.image.text, probe.platforms,
-                                           _pod_template(obj), nodes,
-                                           comp.workload.kind == "daemonset")
-                return None if message is None else ("platform_unsupported", message)
-        if mode == "always":
-            return "platform_unknown", why + "; not changed (check_platforms: always)"
-        if why not in self._noted:
-            self._noted.add(why)
-            self.log("platform check skipped: %s" % why)
-        return None
-
-    def read_nodes(self):
-        """The cluster's nodes, read once per run (a list), or the ``ClusterError``."""
-        if self._nodes is None:
-            try:
-                self._nodes = self.access.nodes()
-            except ClusterError as exc:
-                self._nodes = exc
-        return self._nodes
 
     def patch(self, changes):
         """Send the changes (``[(comp, decision)]``): workloads of one kind that take
@@ -4500,7 +4477,7 @@ class Engine:
             if w.purpose == "change" and self.settings.rollback_on_failure and code in (
                     "rollout_failed", "rollout_timeout") and not w.gone \
                     and not self.out_of_time(1.0):
-                rollback = self.rollback(w)
+                rollback = self.rollbacks.start(w)
                 if rollback is not None:
                     rollbacks.append(rollback)
                 continue                  # rollback() finished the component if it failed
@@ -4508,28 +4485,36 @@ class Engine:
         if rollbacks:
             self.rollouts.wait(rollbacks)
             for w in rollbacks:
-                self.finish_rollback(w)
+                self.rollbacks.finish(w)
 
-    def rollback(self, w):
+class Rollbacks:
+    """Undoing a workload's failed change, with the same result as ``kubectl rollout
+    undo`` (``ClusterAccess.undo``), and saying so when it cannot be undone."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def start(self, w):
         """Undo ``w``'s change as ``kubectl rollout undo`` does: a Deployment to the
         revision read before the change, a StatefulSet or DaemonSet to its previous
         revision.  Returns the rollback's ``_Wait``, or None when it failed (the
         component is then finished, its message ending ``rollback failed: …``)."""
+        e = self.engine
         comp = w.comp
         code, message = w.error
-        self.log("%s: rolling back to revision %s (%s)" % (
+        e.log("%s: rolling back to revision %s (%s)" % (
             comp.workload.key, comp.revision or "previous", comp.previous_image))
         try:
-            said = self.access.undo(comp.workload, comp.revision)
+            said = e.access.undo(comp.workload, comp.revision)
             if said:
-                self.log("%s: %s" % (comp.workload.key, said))
+                e.log("%s: %s" % (comp.workload.key, said))
             if comp.workload.kind == "statefulset":
                 self.delete_stuck_pods(w)
         except ClusterError as exc:
-            comp.fail(code, "%s; rollback failed: %s" % (message, exc.message), self.clock)
+            comp.fail(code, "%s; rollback failed: %s" % (message, exc.message), e.clock)
             return None
-        timeout = min(self.settings.rollout_timeout, ROLLBACK_TIMEOUT_CAP)
-        rollback = self.wait_for(comp, "rollback", timeout)
+        timeout = min(e.settings.rollout_timeout, ROLLBACK_TIMEOUT_CAP)
+        rollback = e.wait_for(comp, "rollback", timeout)
         rollback.failed = (code, message)
         return rollback
 
@@ -4537,48 +4522,104 @@ class Engine:
         """A StatefulSet does not replace a pod of the failed revision that never got
         ready, even once its template is reverted (Kubernetes' "forced rollback"):
         delete those pods, and only those, so that the old revision comes back."""
-        state = self.pods_of([w.comp])
+        e = self.engine
+        state = e.checks.pods_of([w.comp])
         if state is None:
             return
         replicasets, pods = state
         stuck = [_meta(p).get("name") for p in new_pods(w.comp.uid, w.expected, replicasets,
                                                          pods, w.comp.digest) if not _ready(p)]
         if stuck:
-            self.log("%s: deleting %s, stuck on the failed revision (a StatefulSet does not"
-                     " replace such pods by itself)" % (w.comp.workload.key, ", ".join(stuck)))
-            self.access.delete_pods(stuck)
+            e.log("%s: deleting %s, stuck on the failed revision (a StatefulSet does not"
+                  " replace such pods by itself)" % (w.comp.workload.key, ", ".join(stuck)))
+            e.access.delete_pods(stuck)
 
-    def finish_rollback(self, w):
+    def finish(self, w):
+        """The rollback's own wait has ended: the component is finished as an error
+        either way, saying whether the old image is back."""
+        e = self.engine
         comp = w.comp
         code, message = w.failed
         if w.error is None:
             comp.rolled_back = True
             comp.restored_image = comp.previous_image
-            self.log("%s: rolled back to %s" % (comp.workload.key, comp.previous_image))
+            e.log("%s: rolled back to %s" % (comp.workload.key, comp.previous_image))
             comp.fail(code, "%s; rolled back to revision %s (%s)"
-                      % (message, comp.revision or "previous", comp.previous_image), self.clock)
+                      % (message, comp.revision or "previous", comp.previous_image), e.clock)
         else:
             comp.fail(code, "%s; rollback failed: its rollout did not complete: %s"
-                      % (message, w.error[1]), self.clock)
+                      % (message, w.error[1]), e.clock)
 
-    # -- pods: diagnosis and verification --------------------------------------
+
+class Checks:
+    """What is checked around a change: the platforms before it (``check_platforms``:
+    the image's, against the nodes the workload can run on) and the pods after it
+    (verification), with the one read of ReplicaSets and Pods that fail fast uses too."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.nodes = None              # the nodes (or why they cannot be read), once read
+        self.noted = set()             # notes said once per run
+
+    def platforms(self, comp, obj):
+        """The platform check of one workload about to change: None (go on), or the
+        refusal ``(code, message)``.  Only probed images are checked; the nodes are
+        read once per run.  What cannot be known is skipped with a note under
+        ``auto``, refused as ``platform_unknown`` under ``always``."""
+        e = self.engine
+        mode = e.settings.check_platforms
+        if mode == "never" or not comp.probed:
+            return None
+        probe = e.probes[e.settings.images.index(comp.workload.image)]
+        if probe.platforms is None:
+            why = "the platforms of image %s could not be learned from the registry" % (
+                comp.workload.image.text)
+        else:
+            nodes = self.read_nodes()
+            if isinstance(nodes, ClusterError):
+                why = "the nodes cannot be read: %s (the check needs list on nodes, a" \
+                      " ClusterRole: README.md, section RBAC)" % nodes.message
+            else:
+                comp.platforms_checked = True
+                message = platform_refusal(comp.workload.image.text, probe.platforms,
+                                           _pod_template(obj), nodes,
+                                           comp.workload.kind == "daemonset")
+                return None if message is None else ("platform_unsupported", message)
+        if mode == "always":
+            return "platform_unknown", why + "; not changed (check_platforms: always)"
+        if why not in self.noted:
+            self.noted.add(why)
+            e.log("platform check skipped: %s" % why)
+        return None
+
+    def read_nodes(self):
+        """The cluster's nodes, read once per run (a list), or the ``ClusterError``."""
+        e = self.engine
+        if self.nodes is None:
+            try:
+                self.nodes = e.access.nodes()
+            except ClusterError as exc:
+                self.nodes = exc
+        return self.nodes
 
     def pods_of(self, comps):
         """The ReplicaSets and Pods of ``comps``' workloads, read once, narrowed by a
         label selector that covers all of them: ``([ReplicaSet], [Pod])``, or None
         when they cannot be read (said on stderr)."""
+        e = self.engine
         selector = union_selector([c.selector for c in comps])
         replicasets = any(c.workload.kind == "deployment" for c in comps)
         try:
-            return self.access.pods(selector, replicasets)
+            return e.access.pods(selector, replicasets)
         except ClusterError as exc:
-            self.log("cannot read pods for diagnostics and verification: %s" % exc.message)
+            e.log("cannot read pods for diagnostics and verification: %s" % exc.message)
             return None
 
-    def check_pods(self):
+    def verify(self):
         """Verify the pods of every rolled-out workload with one read."""
-        todo = [c for c in self.components if c.rolled_out]
-        if not todo or self.out_of_time(0.5):
+        e = self.engine
+        todo = [c for c in e.components if c.rolled_out]
+        if not todo or e.out_of_time(0.5):
             return
         state = self.pods_of(todo)
         if state is None:
@@ -4588,7 +4629,7 @@ class Engine:
             comp.verified, reason = verify_pods(
                 new_pods(comp.uid, comp.expected, replicasets, pods, comp.digest),
                 comp.containers, comp.target, comp.digest, comp.manifests)
-            self.log("%s: verification: %s" % (comp.workload.key, reason))
+            e.log("%s: verification: %s" % (comp.workload.key, reason))
 
 
 def bump(payload, *, runner=None, opener=None, sleeper=None, clock=None, env=None,
