@@ -3149,7 +3149,9 @@ class KubectlAccess(ClusterAccess):
             data = self.json(["get"] + ["%s/%s" % (kind, n) for n in names]
                              + [self.ns, "--ignore-not-found"], "get %ss" % kind)
         except ClusterError as exc:
-            if len(names) == 1 or exc.code == "deadline_exceeded":
+            # a time-out is nobody's in particular: reading each again would only wait
+            # as long again, once per name
+            if len(names) == 1 or exc.code == "deadline_exceeded" or exc.timed_out:
                 reading.errors.update(dict.fromkeys(names, exc))
             else:
                 for name in names:
@@ -4218,7 +4220,8 @@ class Engine:
             kubectl.check()
             return kubectl
         api = ApiAccess(self.settings, self.env, self.time_left, clock=self.clock,
-                        stopped=self.stop.is_set, log=self.log)
+                        stopped=lambda: self.stop.is_set() or bool(self.signals.first()),
+                        log=self.log)
         if mode == "api":
             api.check()
             return api
