@@ -4,10 +4,12 @@ Every test runs once per kubectl (the machine's, exec'ing 1.33, and 1.37 from Py
 The request log of the simulator shows what reached the API.
 """
 
+import json
+import os
 import time
 
 import pytest
-from conftest import newer_kubectl
+from conftest import SERVICE_ACCOUNT, newer_kubectl
 from fakes import IMAGE, OLD
 
 import bump_image
@@ -143,11 +145,31 @@ def test_context_from_the_payload(cluster):
         assert run.code == 2 and "context is kubectl's, but cluster_access is api" in \
             run.events[0]["error"]["message"]
         return
+    # two contexts that differ: the current one ("sim") holds a token bound to no rules
+    # (every request is Forbidden), "kind-noetl" the tool's own; only --context=kind-noetl
+    # reaches the workloads
+    decoy = "decoy-%s" % os.urandom(6).hex()
+    cluster.sim.set_token(decoy, "system:serviceaccount:other:decoy", [])
+    kubeconfig = cluster.tmp_path / "two-contexts"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sim",
+        "clusters": [{"name": "sim-cluster", "cluster": {
+            "server": cluster.sim.https_url,
+            "certificate-authority": os.path.abspath(str(cluster.sim.ca_path))}}],
+        "users": [{"name": "decoy", "user": {"token": decoy}},
+                  {"name": "bump", "user": {"token": cluster.token}}],
+        "contexts": [{"name": "sim", "context": {"cluster": "sim-cluster", "user": "decoy"}},
+                     {"name": "kind-noetl", "context": {"cluster": "sim-cluster",
+                                                        "user": "bump"}}]}))
     cluster.noetl()
-    run = cluster.bump(cluster.payload(image=NEW, context="kind-noetl",
+    cluster.sim.clear_requests()
+    run = cluster.bump(cluster.payload(image=NEW, context="kind-noetl", kubeconfig=str(kubeconfig),
                                        expected_kube_context="kind-noetl"))
     assert run.code == 0, run.stdout + run.stderr
     assert run.summary["changed"] == 3
+    assert cluster.image("noetl-server", "server") == NEW
+    users = {r["user"] for r in cluster.sim.requests()}
+    assert users == {SERVICE_ACCOUNT}, users          # never the current context's user
 
 
 # -- beyond the playbook: digest pinning, fail fast, rollback, parallel, verification ----

@@ -134,8 +134,10 @@ def test_fail_fast_and_rollback_for_the_new_kinds(cluster, kind, add):
     assert run.code == 1, run.stdout
     comp = run.components["x"]
     assert comp["error"]["code"] == "rollout_failed"
-    assert "ImagePullBackOff" in comp["error"]["message"] or \
-        "ErrImagePull" in comp["error"]["message"]
+    # the pod alternates between the two reasons, as a kubelet's does: either may be seen
+    message = comp["error"]["message"]
+    assert message.startswith(("ImagePullBackOff: ", "ErrImagePull: ")), message
+    assert bad in message and "(pod x-" in message, message
     assert comp["rolled_back"] is True and comp["restored_image"] == OLD, comp
     assert cluster.image("x", "x", kind=kind + "s") == OLD
 

@@ -265,7 +265,10 @@ def test_patch_denied_by_a_webhook(env):
     run = cli({"image": IMAGE}, kubectl, env)
     assert run.code == 1
     assert {e["error"]["message"] for e in run.event("component")} == {msg}
-    assert "rollout status" not in " ".join(kubectl.verbs())
+    # nothing was applied, so nothing is waited for or verified: the read, then the
+    # patches (each refused), and no other call (a wait polls the workload by name)
+    assert kubectl.verbs() == ["get " + ALL, "patch noetl-server", "patch noetl-worker",
+                               "patch ollama-bridge"]
 
 
 def test_klog_noise_is_dropped_from_messages(env):
@@ -317,6 +320,7 @@ def test_context_guard_uses_the_given_context(env):
 def test_context_and_kubeconfig_are_passed(env):
     kubectl = FakeKubectl()
     cli({"image": IMAGE, "context": "kind-noetl", "kubeconfig": "/tmp/kube config"}, kubectl, env)
+    assert kubectl.calls
     for argv in kubectl.calls:
         assert argv[1:3] == ["--context=kind-noetl", "--kubeconfig=/tmp/kube config"]
 
@@ -406,9 +410,17 @@ def test_rollback_on_failure(env):
     assert comp["rolled_back"] is True and comp["restored_image"] == OLD
     assert comp["error"]["code"] == "rollout_failed"
     assert "rolled back to revision 1" in comp["error"]["message"]
-    undo = next(a for a in kubectl.calls if "undo" in a)
-    assert "deployment/noetl-worker" in undo and "--to-revision=1" in undo
+    undos = [a for a in kubectl.calls if a[1:3] == ["rollout", "undo"]]
+    assert len(undos) == 1, kubectl.verbs()
+    assert "deployment/noetl-worker" in undos[0] and "--to-revision=1" in undos[0]
+    # the undo comes right after the failed wait, and its own rollout is waited for
+    # before the next workload is changed
+    assert kubectl.verbs() == [
+        "get " + ALL, "patch noetl-server", "get noetl-server", "patch noetl-worker",
+        "get noetl-worker", "rollout undo noetl-worker", "get noetl-worker",
+        "patch ollama-bridge", "get ollama-bridge", "facts"]
     assert kubectl.image_of("noetl-worker", "worker") == OLD
+    assert kubectl.image_of("noetl-worker", "wait-for-api", "initContainers") == OLD
     assert run.components["noetl-server"]["rolled_back"] is False
 
 
@@ -416,8 +428,14 @@ def test_no_rollback_unless_asked(env):
     kubectl = FakeKubectl()
     kubectl.rollout["noetl-worker"] = "deadline"
     run = cli({"image": IMAGE}, kubectl, env)
-    assert run.components["noetl-worker"]["error"]["code"] == "rollout_failed"
-    assert not any("undo" in a for a in kubectl.calls)
+    comp = run.components["noetl-worker"]
+    assert comp["error"]["code"] == "rollout_failed"
+    assert comp["rolled_back"] is False and comp["restored_image"] is None
+    # no undo, and no other way back either: one patch per workload, the worker stays
+    # at the new image
+    assert [v for v in kubectl.verbs() if v.startswith(("rollout", "patch"))] == [
+        "patch noetl-server", "patch noetl-worker", "patch ollama-bridge"]
+    assert kubectl.image_of("noetl-worker", "worker") == IMAGE
 
 
 @pytest.mark.parametrize("fail", ["rollout undo", "poll-after-undo"])

@@ -8,8 +8,10 @@ that gives up changes nothing.
 import base64
 import email.utils
 import hashlib
+import http.server
 import json
 import socket
+import threading
 import time
 import urllib.error
 
@@ -794,11 +796,91 @@ def test_several_images_are_probed_at_the_same_time(env):
     probes = [(t, e) for t, e in stamped if e["event"] == "probe"]
     assert [e["image"] for _, e in probes] == list(ABC.values())
     assert all(e["status"] == "available" and e["attempts"] >= 3 for _, e in probes)
+    # the time alone cannot tell: the three appear together, so one after another
+    # would also see them all at about 1.2 s (b and c at their first attempt); what
+    # proves the overlap is that every image was asked for before any was found (and
+    # test_several_images_are_in_flight_at_once, which needs all three at once)
     probe_phase = probes[-1][0]
-    assert 1.2 <= probe_phase < 3.5, probe_phase        # one after another: >= 3.6 s
+    assert 1.2 <= probe_phase < 3.5, probe_phase
     assert_asked_for_all_before_any_was_found(heads)
     assert result.exit_code == 0
     assert {c.name: c.image for c in result.components} == ABC
+
+
+class BarrierRegistry:
+    """A registry on 127.0.0.1 that answers a manifest HEAD only once ``parties`` of
+    them are in flight at the same time (then each gets 200 with its digest); a HEAD
+    left waiting ``wait`` seconds gets 404.  ``most`` is the most HEADs it ever held at
+    once; every other request is 404."""
+
+    def __init__(self, parties, wait):
+        self.barrier = threading.Barrier(parties)
+        self.lock = threading.Lock()
+        self.in_flight = self.most = 0
+        self.heads = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                with owner.lock:
+                    owner.heads.append(self.path)
+                    owner.in_flight += 1
+                    owner.most = max(owner.most, owner.in_flight)
+                try:
+                    owner.barrier.wait(wait)
+                    status = 200
+                except threading.BrokenBarrierError:
+                    status = 404
+                finally:
+                    with owner.lock:
+                        owner.in_flight -= 1
+                self.send_response(status)
+                if status == 200:
+                    digest = "sha256:" + hashlib.sha256(self.path.encode()).hexdigest()
+                    self.send_header("Docker-Content-Digest", digest)
+                    self.send_header("Content-Type", MEDIA_DOCKER_MANIFEST)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.barrier.abort()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_several_images_are_in_flight_at_once(env):
+    """Each image's HEAD is answered only while the other two are waiting for theirs
+    too: one attempt each finds all three only if the three requests are in flight at
+    the same time (one after another, the first would wait alone, get 404, and the run
+    would stop at exit 3)."""
+    with BarrierRegistry(parties=3, wait=4) as registry:
+        kubectl, events = abc_cluster(), []
+        result = bump_image.bump(
+            {"images": ABC, "registry_mirrors": {"ghcr.io": registry.base_url},
+             "ghcr_probe_attempts": 1, "check_platforms": "never"},
+            runner=kubectl, env=env, on_event=events.append, http_timeout=10)
+        heads, most = sorted(registry.heads), registry.most
+    probes = [e for e in events if e["event"] == "probe"]
+    assert [(p["image"], p["status"], p["attempts"]) for p in probes] == [
+        (image, "available", 1) for image in ABC.values()], probes
+    assert heads == ["/v2/x/%s/manifests/1" % name for name in ABC] and most == 3
+    assert result.exit_code == 0
 
 
 def test_several_images_one_never_appears_changes_nothing(env):
