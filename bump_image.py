@@ -3751,21 +3751,28 @@ class Rollouts:
     def __init__(self, engine):
         self.engine = engine
 
-    def wait(self, waits):
+    def wait(self, waits, ended=None):
+        """Wait until every rollout of ``waits`` has its verdict.  ``ended(w)`` is
+        called as soon as each one has it (not when the last one does) and may return
+        new waits to add (a rollback)."""
         e = self.engine
         started = e.clock()
-        for w in waits:
-            e.log("%s: waiting for the rollout (up to %d s)" % (
-                w.comp.workload.key, max(0, int(w.deadline - started + 0.5))))
+        waits = list(waits)
+        self.announce(waits)
         interval = min(5.0, max(1.0, e.settings.fail_fast_seconds / 6.0))
         next_poll = started + POLL_FIRST
         next_look, looking, first_seen = started + _FIRST_DIAGNOSIS, True, {}
         while True:
             e.check_signals()
             now = e.clock()
-            for w in waits:
+            for w in list(waits):
                 if w.finished and w.ended_at is None:
                     w.ended_at = now      # each its own: a verdict is not held for others
+                    more = ended(w) if ended is not None else None
+                    if more:
+                        self.announce(more)
+                        waits += more
+                        next_poll = min(next_poll, e.clock() + POLL_FIRST)
             pending = [w for w in waits if not w.finished]
             if not pending:
                 return
@@ -3787,6 +3794,12 @@ class Rollouts:
                 wake = min([next_poll] + [w.deadline for w in pending]
                            + ([next_look] if looking else []))
                 e.pause(wake - e.clock())
+
+    def announce(self, waits):
+        for w in waits:
+            self.engine.log("%s: waiting for %s (up to %d s)" % (
+                w.comp.workload.key, "the rollback" if w.purpose == "rollback" else
+                "the rollout", max(0, int(w.deadline - self.engine.clock() + 0.5))))
 
     # -- the poll ------------------------------------------------------------
 
@@ -3957,6 +3970,7 @@ class Component:
     rolled_out: bool = False       # a rollout was waited for: check its pods
     platforms_checked: bool = False  # the platform check compared it with the nodes
     applied: bool = False          # its change was applied (a patch answered, or read back)
+    gone: bool = False             # it went away during its rollout
     manifests: list = field(default_factory=list)  # its image's per-platform digests
 
     @property
@@ -4464,31 +4478,45 @@ class Engine:
     # -- settle: verdicts and rollbacks ---------------------------------------
 
     def settle(self, waits):
-        """Wait for rollouts, finish their components, roll back failures."""
-        self.rollouts.wait(waits)
-        rollbacks = []
-        for w in waits:
-            comp = w.comp
-            if w.error is None:
-                comp.rolled_out = True
-                self.log("%s: rolled out" % comp.workload.key)
-                comp.finish("changed" if w.purpose == "change" else "unchanged", self.clock,
-                            w.ended_at)
-                continue
-            code, message = w.error
-            self.log("%s: %s: %s" % (comp.workload.key, code, message))
-            if w.purpose == "change" and self.settings.rollback_on_failure and code in (
-                    "rollout_failed", "rollout_timeout") and not w.gone \
-                    and not self.out_of_time(1.0):
+        """Wait for rollouts and finish each component as soon as its own verdict
+        comes; a failed change is rolled back (when asked) at once, while the other
+        rollouts still run."""
+        self.rollouts.wait(waits, self.verdict)
+
+    def verdict(self, w):
+        """One rollout's verdict has come: finish its component, or start its rollback
+        (returned, to be waited for too)."""
+        comp = w.comp
+        if w.purpose == "rollback":
+            self.rollbacks.finish(w)
+            return []
+        if w.error is None:
+            comp.rolled_out = True
+            self.log("%s: rolled out" % comp.workload.key)
+            comp.finish("changed" if w.purpose == "change" else "unchanged", self.clock,
+                        w.ended_at)
+            return []
+        code, message = w.error
+        comp.gone = w.gone
+        self.log("%s: %s: %s" % (comp.workload.key, code, message))
+        if w.purpose == "change" and self.settings.rollback_on_failure and code in (
+                "rollout_failed", "rollout_timeout"):
+            if w.gone:
+                message += "; not rolled back: there is nothing left to undo"
+            elif self.out_of_time(1.0):
+                message += "; not rolled back: too little of the run's deadline was left"
+            else:
                 rollback = self.rollbacks.start(w)
-                if rollback is not None:
-                    rollbacks.append(rollback)
-                continue                  # rollback() finished the component if it failed
-            comp.fail(code, message, self.clock, w.ended_at)
-        if rollbacks:
-            self.rollouts.wait(rollbacks)
-            for w in rollbacks:
-                self.rollbacks.finish(w)
+                return [rollback] if rollback is not None else []  # else: finished, said
+        comp.fail(code, message, self.clock, w.ended_at)
+        return []
+
+def _revision_text(comp):
+    """The revision a rollback restores, as the messages say it."""
+    if comp.workload.kind == "deployment" and comp.revision:
+        return "revision %s" % comp.revision
+    return "its previous revision"
+
 
 class Rollbacks:
     """Undoing a workload's failed change, with the same result as ``kubectl rollout
@@ -4505,8 +4533,8 @@ class Rollbacks:
         e = self.engine
         comp = w.comp
         code, message = w.error
-        e.log("%s: rolling back to revision %s (%s)" % (
-            comp.workload.key, comp.revision or "previous", comp.previous_image))
+        e.log("%s: rolling back to %s (%s)" % (comp.workload.key, _revision_text(comp),
+                                                comp.previous_image))
         try:
             said = e.access.undo(comp.workload, comp.revision)
             if said:
@@ -4514,7 +4542,8 @@ class Rollbacks:
             if comp.workload.kind == "statefulset":
                 self.delete_stuck_pods(w)
         except ClusterError as exc:
-            comp.fail(code, "%s; rollback failed: %s" % (message, exc.message), e.clock)
+            comp.fail(code, "%s; rollback failed: %s" % (message.rstrip("."), exc.message),
+                      e.clock)
             return None
         timeout = min(e.settings.rollout_timeout, ROLLBACK_TIMEOUT_CAP)
         rollback = e.wait_for(comp, "rollback", timeout)
@@ -4547,11 +4576,12 @@ class Rollbacks:
             comp.rolled_back = True
             comp.restored_image = comp.previous_image
             e.log("%s: rolled back to %s" % (comp.workload.key, comp.previous_image))
-            comp.fail(code, "%s; rolled back to revision %s (%s)"
-                      % (message, comp.revision or "previous", comp.previous_image), e.clock)
+            comp.fail(code, "%s; rolled back to %s (%s)"
+                      % (message.rstrip("."), _revision_text(comp), comp.previous_image),
+                      e.clock)
         else:
             comp.fail(code, "%s; rollback failed: its rollout did not complete: %s"
-                      % (message, w.error[1]), e.clock)
+                      % (message.rstrip("."), w.error[1]), e.clock)
 
 
 class Checks:
@@ -4703,7 +4733,8 @@ def report_lines(result):
             lines.append("  image %s unavailable: %s: %s" % (
                 probe.image, probe.error["code"], probe.error["message"]))
         return lines
-    counts = ", ".join("%d %s" % (summary[k], k) for k in (
+    counts = ", ".join("%d %s" % (summary[k], "error" if k == "errors" and summary[k] == 1
+                                  else k) for k in (
         "changed", "unchanged", "planned", "skipped", "errors") if summary[k])
     lines = [head + (": " + counts if counts else "")]
     if summary["error"]:
@@ -4716,6 +4747,8 @@ def report_lines(result):
             lines.append("  %s: %s: %s" % (key, comp.error["code"], comp.error["message"]))
             if comp.rolled_back:
                 lines.append("    %s is back on %s" % (key, comp.restored_image))
+            elif comp.gone:
+                lines.append("    %s is gone: it was deleted during its rollout" % key)
             elif comp.applied:
                 lines.append("    %s is left on %s (its change stays applied)"
                              % (key, comp.image))
