@@ -83,13 +83,28 @@ def shipped_rules(path=RBAC_FILE):
     return rules
 
 
+def full_tables(value=None):
+    """The accesses whose full tables run (``BUMP_IMAGE_FULL_TABLES``: ``all``/``1``, or
+    some of the access names); none when unset."""
+    value = os.environ.get("BUMP_IMAGE_FULL_TABLES", "") if value is None else value
+    words = [w.strip() for w in value.replace(" ", ",").split(",") if w.strip()]
+    if words in (["all"], ["1"]):
+        return ACCESS_NAMES
+    return tuple(w for w in words if w in ACCESS_NAMES)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Deselect the tests of the kubectls that ``BUMP_IMAGE_KUBECTLS`` leaves out."""
-    chosen = chosen_kubectls()
+    """Deselect the tests of the accesses that ``BUMP_IMAGE_ACCESSES`` leaves out, and
+    the rows of a full table (marker ``full_table``) for the accesses that
+    ``BUMP_IMAGE_FULL_TABLES`` does not name."""
+    chosen, full = chosen_kubectls(), full_tables()
     keep, drop = [], []
     for item in items:
         wanted = [m.args[0] for m in item.iter_markers("kubectl")]
-        (keep if all(v in chosen for v in wanted) else drop).append(item)
+        ok = all(v in chosen for v in wanted)
+        if ok and item.get_closest_marker("full_table") is not None:
+            ok = bool(wanted) and all(v in full for v in wanted)
+        (keep if ok else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
