@@ -159,6 +159,9 @@ DEADLINE_RESERVE = 1.0         # seconds of deadline_seconds kept for the report
 # 10): so one kubectl reads, patches or waits for at most this many named objects
 # (one request each per client) and none of them waits for the rate limiter
 CHUNK = 10
+# kubectl processes (or API requests) of one read at once: a poll of 100 workloads is
+# ten kubectls, four at a time
+PARALLEL = 4
 
 #: The workload kinds, as the payload names them and as Kubernetes spells them.
 KINDS = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}
@@ -2826,6 +2829,38 @@ def _chunks(names, size=None):
     return [list(names[i:i + size]) for i in range(0, len(names), size)]
 
 
+def in_parallel(work, items, width=None):
+    """``work(item)`` for every item, ``width`` at a time (``PARALLEL``), in threads;
+    returns when all have ended.  An exception one raised (an interrupt) is raised
+    here, after the others have ended; results are the callers' to collect."""
+    width = width or PARALLEL
+    if len(items) <= 1 or width <= 1:
+        for item in items:
+            work(item)
+        return
+    pending, lock, raised = list(items), threading.Lock(), []
+
+    def worker():
+        while True:
+            with lock:
+                if not pending or raised:
+                    return
+                item = pending.pop(0)
+            try:
+                work(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                with lock:
+                    raised.append(exc)
+    threads = [threading.Thread(target=worker, daemon=True)
+               for _ in range(min(width, len(items)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if raised:
+        raise raised[0]
+
+
 class ClusterAccess:
     """The cluster operations of one run.  Two implementations: ``KubectlAccess``
     (kubectl as a subprocess) and ``ApiAccess`` (the Kubernetes API over HTTPS,
@@ -3137,8 +3172,7 @@ class KubectlAccess(ClusterAccess):
 
     def read(self, kind, names):
         reading = Reading()
-        for chunk in _chunks(names):
-            self._read(kind, chunk, reading)
+        in_parallel(lambda chunk: self._read(kind, chunk, reading), _chunks(names))
         return reading
 
     def _read(self, kind, names, reading):
@@ -3165,7 +3199,7 @@ class KubectlAccess(ClusterAccess):
 
     def patch(self, kind, names, body):
         results = {}
-        for chunk in _chunks(names):
+        for chunk in _chunks(names):      # in the payload's order (the log reads in order)
             self._patch(kind, chunk, body, results)
         return results
 
@@ -3613,24 +3647,27 @@ class ApiAccess(ClusterAccess):
 
     def read(self, kind, names):
         reading = Reading()
-        for i, name in enumerate(names):
+
+        def one(name):
+            if self.out_of_time() and reading.errors:
+                reading.errors[name] = self.deadline_error("the API request to get %ss/%s"
+                                                           % (kind, name))
+                return
             try:
                 obj = self.get(kind, name)
             except ClusterError as exc:
                 reading.errors[name] = exc
-                if exc.code == "deadline_exceeded":
-                    reading.errors.update(dict.fromkeys(names[i + 1:], exc))
-                    break
-                continue
+                return
             if obj is not None:
                 obj.setdefault("kind", KINDS[kind])
                 reading.objects[name] = obj
+        in_parallel(one, list(names))
         return reading
 
     def patch(self, kind, names, body):
         results = {}
         patch = json.loads(body)
-        for name in names:
+        for name in names:                # in the payload's order (the log reads in order)
             try:
                 self.request("PATCH", self.path(kind, name), "patch %ss/%s" % (kind, name),
                              query={"fieldManager": FIELD_MANAGER}, body=patch,
