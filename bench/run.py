@@ -68,6 +68,16 @@ GOAL_NOOP = 1.3                # figure 9: a run with nothing to do over one kub
 MANY = 20                      # figure 10: Deployments changed at once
 GOAL_MANY_WALL = 1.5           # ... wall over one rollout (ROLLOUT_DELAY)
 GOAL_MANY_ALIVE = 4            # ... kubectl processes alive at once
+STUCK_N = 100                  # figure 11: Deployments changed at once ...
+STUCK_AT = 36                  # ... of which the 37th (`svc-36`) never gets ready (`hang`)
+STUCK_TIMEOUT = 20             # ... rollout_timeout_seconds: the stuck one ends by it
+STUCK_FAIL_FAST = 600          # ... fail_fast_seconds, high: nothing ends it sooner
+GOAL_STUCK_SLACK = 0.5         # ... wall ≤ time-out + 0.5 × one rollout (figure 10 re-based)
+#: version 2 for figure 11: the last commit of 2.0.0 in this repository's history
+#: (`--v2 PATH` takes another copy, e.g. /tmp/v2/bump_image.py)
+V2_COMMIT = "a7b24d1"
+GOAL_API_FLOOR = 1.3           # figure 12: an unchanged run over the floor (figure 9's analysis)
+SA_USER = "system:serviceaccount:noetl:bump-image-bench"   # figure 12's token's user
 
 #: modules that must not be imported for --version/--help
 HEAVY = ("urllib.request", "urllib.error", "http.client", "http", "ssl", "_ssl", "socket",
@@ -322,17 +332,20 @@ class Cluster:
         except FileNotFoundError:
             return []
 
-    def run_tool(self, payload, timeout=300, count=True):
-        """Run `python3 bump_image.py --payload …`; wall time to exit, the events and
-        when each line reached stdout, the kubectl invocations."""
+    def run_tool(self, payload, timeout=300, count=True, tool=None, env=None):
+        """Run `python3 bump_image.py --payload …` (``tool``: another bump_image.py, e.g.
+        version 2's; ``env``: instead of the cluster's); wall time to exit, the events
+        and when each line reached stdout, the kubectl invocations."""
         if count:
             self.clear_log()
-        argv = [PY, TOOL, "--payload", json.dumps(payload)]
+        tool = tool or TOOL
+        argv = [PY, tool, "--payload", json.dumps(payload)]
         with tempfile.TemporaryFile() as err:
             epoch = time.time()
             started = time.perf_counter()
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=self.env,
-                                    cwd=TOOL_DIR)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err,
+                                    env=self.env if env is None else env,
+                                    cwd=os.path.dirname(tool))
             events, at = [], []
             with Watchdog(proc, timeout):
                 for line in proc.stdout:
@@ -476,6 +489,70 @@ def max_alive(procs):
 def verbs(calls):
     counts = collections.Counter(verb(c) for c in calls)
     return ", ".join("`%s` ×%d" % (k, v) for k, v in counts.items())
+
+
+def sim_records(sim, user=None):
+    """The simulator's request log in the proxy's record form (method, path, query,
+    ``body_bytes``: the log's ``bytes``, the response body's size; for a watch, its event
+    lines); only the requests of ``user`` (a token's user) when given."""
+    out = []
+    for r in sim.requests():
+        if user is not None and r.get("user") != user:
+            continue
+        out.append({"method": r["method"], "path": r["path"],
+                    "query": r.get("raw_query") or "", "body_bytes": r.get("bytes") or 0,
+                    "status": r.get("status"), "scheme": r.get("scheme"),
+                    "agent": (r.get("user_agent") or "").split(" ")[0],
+                    "time": r.get("time") or 0.0})
+    return out
+
+
+def by_kind(records):
+    """``{request kind: (count, body bytes)}`` in order of first appearance."""
+    table = collections.OrderedDict()
+    for r in records:
+        key = request_kind(r)
+        count, size = table.get(key, (0, 0))
+        table[key] = (count + 1, size + r["body_bytes"])
+    return table
+
+
+def kinds_side_by_side(tables, labels):
+    """Markdown sub-bullets: per request kind, each table's count and bytes."""
+    keys = list(dict.fromkeys(k for t in tables for k in t))
+    lines = []
+    for key in keys:
+        parts = []
+        for table, label in zip(tables, labels):
+            count, size = table.get(key, (0, 0))
+            parts.append("%s ×%d %s" % (label, count, kb(size)))
+        lines.append("  - %s: %s" % (key, ", ".join(parts)))
+    return "\n".join(lines)
+
+
+def name_ranges(names):
+    """``svc-36``, ``svc-38…svc-41`` ... for names numbered in a row."""
+    out, run = [], []
+    for name in names:
+        prefix, _, number = name.rpartition("-")
+        if run and number.isdigit() and run[-1][0] == prefix and run[-1][1] + 1 == int(number):
+            run.append((prefix, int(number), name))
+            continue
+        if run:
+            out.append(run)
+        run = [(prefix, int(number) if number.isdigit() else -2, name)]
+    if run:
+        out.append(run)
+    return ", ".join("`%s`" % r[0][2] if len(r) == 1 else "`%s`…`%s`" % (r[0][2], r[-1][2])
+                     for r in out)
+
+
+def file_identity(path, label, commit=None):
+    """``label`` N bytes, sha256 …, git … (as tool_identity() says it)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    text = "%s %d bytes, sha256 %s" % (label, len(data), hashlib.sha256(data).hexdigest()[:12])
+    return text + (", git %s" % commit if commit else "")
 
 
 # --------------------------------------------------------------------------
@@ -1500,6 +1577,494 @@ with open(out, "w") as fh:
                   % (timeline(mid), 2 * MANY, verbs([p["args"] for p in big["procs"]]),
                      verbs([p["args"] for p in single[0]["procs"]])))
 
+    # -- 11. many Deployments at once, one stuck among them; version 2 beside ----------
+
+    def v2_tool(self):
+        """A copy of version 2's bump_image.py (``--v2 PATH``, else ``git show
+        V2_COMMIT:bump_image.py`` of this repository), measured like the tool."""
+        if getattr(self, "v2", None):
+            return self.v2
+        folder = os.path.join(self.tmp, "tool-v2")
+        os.makedirs(folder)
+        dest = os.path.join(folder, "bump_image.py")
+        commit = None
+        if self.args.v2:
+            shutil.copyfile(self.args.v2, dest)
+            origin = "a copy of `%s`" % self.args.v2
+            try:
+                where = os.path.dirname(os.path.abspath(self.args.v2))
+                head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where,
+                                      text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL).stdout.strip()
+                top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where,
+                                     text=True, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL).stdout.strip()
+                rel = os.path.relpath(os.path.abspath(self.args.v2), top) if top else None
+                committed = subprocess.run(["git", "show", "HEAD:%s" % rel], cwd=where,
+                                           stdout=subprocess.PIPE,
+                                           stderr=subprocess.DEVNULL).stdout if rel else b""
+                with open(dest, "rb") as fh:
+                    if head:
+                        commit = head + ("" if committed == fh.read() else
+                                         " + uncommitted changes")
+            except OSError:
+                pass
+        else:
+            done = subprocess.run(["git", "show", "%s:bump_image.py" % V2_COMMIT], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if done.returncode != 0:
+                raise SystemExit("bench: figure 11 needs version 2 of bump_image.py: git show "
+                                 "%s:bump_image.py failed (%s); pass --v2 PATH"
+                                 % (V2_COMMIT, done.stderr.decode(errors="replace").strip()))
+            with open(dest, "wb") as fh:
+                fh.write(done.stdout)
+            origin = "`git show %s:bump_image.py`, the last commit of version 2" % V2_COMMIT
+            commit = V2_COMMIT
+        with open(dest) as fh:
+            version = next((ln.split("=", 1)[1].strip().strip("\"'") for ln in fh
+                            if ln.startswith("__version__")), "?")
+        self.v2 = dest
+        self.v2_identity = "%s (%s; `__version__` %s)" % (
+            file_identity(dest, "`bump_image.py`", commit), origin, version)
+        return dest
+
+    def stuck_setup(self, c, names, stuck):
+        """``names`` single-container Deployments at OLD, quickly: created with ``ready:
+        false`` 8 at a time (``ready: true`` converges the whole store after every add:
+        ~20 s for 100), revision 1 available; then their new pods' behaviour: ready
+        after ROLLOUT_DELAY, ``hang`` for ``stuck``.  Returns the seconds it took."""
+        import concurrent.futures
+        started = time.perf_counter()
+        c.sim.reset()
+
+        def add(name):
+            c.sim.add_deployment(name, containers=[{"name": "app", "image": OLD}],
+                                 ready=False)
+
+        def behave(name):
+            c.sim.set_behaviour(name, NS, {"mode": "hang"} if name == stuck else
+                                {"mode": "ready", "delay": ROLLOUT_DELAY})
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(add, names))
+            deadline = time.time() + 120
+            while True:
+                ready = [d for d in c.sim.list("deployments", namespace=NS)
+                         if (d.get("status") or {}).get("availableReplicas") == 1]
+                if len(ready) >= len(names):
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError("the %d Deployments did not become available"
+                                       % len(names))
+                time.sleep(0.2)
+            list(pool.map(behave, names))
+        c.sim.clear_requests()
+        return time.perf_counter() - started
+
+    def stuck_run(self, c, names, stuck, tool, **keys):
+        """One parallel run of ``tool`` over ``names`` behind the timed wrapper; its
+        processes, the API requests of its kubectls (the simulator's log: nothing else
+        speaks to the API meanwhile) and its verdicts."""
+        timed, timed_log = c.timed_wrapper()
+        open(timed_log, "w").close()
+        c.sim.clear_requests()
+        run = c.run_tool(c.payload(deployments=names, parallel=True, kubectl=timed, **keys),
+                         count=False, tool=tool)
+        time.sleep(0.5)             # a killed watch's last bytes reach the log
+        assert any(e.get("event") == "summary" for e in run["events"]), run["stderr"][-3000:]
+        run["procs"] = read_timed_log(timed_log, run["epoch"], run["epoch"] + run["wall"])
+        run["alive"] = max_alive(run["procs"])
+        records = sim_records(c.sim)
+        run["discovery"] = [r for r in records if is_discovery(r)]
+        run["records"] = [r for r in records if not is_discovery(r)]
+        run["api"] = sum(r["body_bytes"] for r in run["records"])
+        patches = [p for p in run["procs"] if verb(p["args"]).startswith("patch")]
+        waited = run["epoch"] + max(p["end"] for p in patches) if patches else 0.0
+        run["wait_records"] = [r for r in run["records"] if r["time"] >= waited]
+        run["wait_start"] = waited - run["epoch"]
+        comps = {x["component"]: x for x in run["components"]}
+        run["changed"] = [n for n in names if (comps.get(n) or {}).get("status") == "changed"]
+        run["wrong"] = [n for n in names
+                        if n != stuck and (comps.get(n) or {}).get("status") != "changed"]
+        run["wrong_codes"] = collections.Counter(
+            "%s %s" % ((comps.get(n) or {}).get("status"),
+                       ((comps.get(n) or {}).get("error") or {}).get("code") or "")
+            for n in run["wrong"])
+        run["healthy_at"] = [comps[n]["duration_seconds"] for n in run["changed"]
+                             if n != stuck]
+        if stuck is None:
+            run["stuck"], run["ok"] = None, not run["wrong"]
+        else:
+            s = comps.get(stuck) or {}
+            code = (s.get("error") or {}).get("code")
+            run["stuck"] = "`%s`%s" % (s.get("status"), " `%s`" % code if code else "")
+            run["stuck_at"] = s.get("duration_seconds")
+            run["ok"] = (not run["wrong"] and s.get("status") == "error"
+                         and code == "rollout_timeout")
+        return run
+
+    @staticmethod
+    def outcome(run, stuck):
+        text = "%d `changed`" % len(run["changed"])
+        if stuck is not None:
+            text += ", `%s` %s" % (stuck, run["stuck"])
+        if run["wrong"]:
+            text += "; healthy ones not `changed`: %d (%s: %s)" % (
+                len(run["wrong"]), ", ".join("%s ×%d" % (k.strip(), v) for k, v in
+                                             run["wrong_codes"].items()),
+                name_ranges(run["wrong"]))
+        return text
+
+    def fig11_stuck(self):
+        n = self.args.runs
+        v2 = self.v2_tool()
+        names = ["svc-%02d" % i for i in range(STUCK_N)]
+        stuck = names[STUCK_AT]
+        keys = {"rollout_timeout_seconds": STUCK_TIMEOUT, "fail_fast_seconds": STUCK_FAIL_FAST}
+        goal_wall = STUCK_TIMEOUT + GOAL_STUCK_SLACK * ROLLOUT_DELAY
+        setups = []
+        for which in ("new", "system"):
+            c = self.cluster(which)
+            who = "kubectl %s" % ("1.37" if which == "new" else "1.33 via dispatcher")
+            runs = {"v3": [], "v2": []}
+            for i in range(n):
+                for version in (("v3", "v2") if i % 2 == 0 else ("v2", "v3")):
+                    setups.append(self.stuck_setup(c, names, stuck))
+                    runs[version].append(self.stuck_run(c, names, stuck,
+                                                         TOOL if version == "v3" else v2,
+                                                         **keys))
+            v3r, v2r = runs["v3"], runs["v2"]
+            med = {v: {k: median([r[k] if k != "procs" else len(r[k]) for r in runs[v]])
+                       for k in ("wall", "alive", "procs", "api")} for v in runs}
+            head = "11 %d Deployments × %g s rollouts, `%s` stuck, `parallel: true` (%s): " % (
+                STUCK_N, ROLLOUT_DELAY, stuck, who)
+            self.row(head + "wall time", "≤ %.1f s (time-out %d s + %.1f × one rollout)"
+                     % (goal_wall, STUCK_TIMEOUT, GOAL_STUCK_SLACK),
+                     "%.2f s (median of %d)" % (med["v3"]["wall"], n),
+                     "version 2: %.2f s" % med["v2"]["wall"],
+                     "%.2f× v2" % (med["v3"]["wall"] / med["v2"]["wall"]),
+                     "yes" if med["v3"]["wall"] <= goal_wall else "**no**")
+            self.row(head + "kubectl processes alive at once", "≤ %d" % GOAL_MANY_ALIVE,
+                     "%g (median of %d; max %d)" % (med["v3"]["alive"], n,
+                                                    max(r["alive"] for r in v3r)),
+                     "version 2: %g (max %d)" % (med["v2"]["alive"],
+                                                 max(r["alive"] for r in v2r)), "—",
+                     "yes" if med["v3"]["alive"] <= GOAL_MANY_ALIVE else "**no**")
+            self.row(head + "kubectl processes in all", "≤ %d (N + 4)" % (STUCK_N + 4),
+                     "%g (median of %d)" % (med["v3"]["procs"], n),
+                     "version 2: %g" % med["v2"]["procs"],
+                     "%.2f per Deployment (v2 %.2f)" % (med["v3"]["procs"] / STUCK_N,
+                                                       med["v2"]["procs"] / STUCK_N),
+                     "yes" if med["v3"]["procs"] <= STUCK_N + 4 else "**no**")
+            self.row(head + "API body bytes read by the tool's kubectl", "info",
+                     "%s (median of %d)" % (kb(med["v3"]["api"]), n),
+                     "version 2: %s" % kb(med["v2"]["api"]),
+                     "%.2f× v2" % (med["v3"]["api"] / med["v2"]["api"]), "—")
+            self.row(head + "verdicts", "%d `changed`, `%s` `rollout_timeout`, in every run"
+                     % (STUCK_N - 1, stuck), "%d of %d runs right: %s" % (
+                         sum(r["ok"] for r in v3r), n,
+                         "; ".join(self.outcome(r, stuck) for r in v3r)),
+                     "version 2, %d of %d right: %s" % (
+                         sum(r["ok"] for r in v2r), n,
+                         "; ".join(self.outcome(r, stuck) for r in v2r)), "—",
+                     "yes" if all(r["ok"] for r in v3r) else "**no**")
+            healthy = {v: median([max(r["healthy_at"]) for r in runs[v] if r["healthy_at"]])
+                       for v in runs}
+            self.row(head + "when the last healthy verdict came (`duration_seconds`)",
+                     "info", "%.2f s (median of %d)" % (healthy["v3"], n),
+                     "version 2: %.2f s" % healthy["v2"], "—", "—")
+            self.stuck_notes(who, runs, names, stuck)
+        # figure 10's scenario (none stuck), both versions, for the bytes beside it
+        c = self.cluster("new")
+        names20 = ["svc-%02d" % i for i in range(MANY)]
+        ten = {}
+        for version in ("v3", "v2"):
+            setups.append(self.stuck_setup(c, names20, None))
+            ten[version] = self.stuck_run(c, names20, None, TOOL if version == "v3" else v2)
+            assert ten[version]["ok"], self.outcome(ten[version], None)
+
+        def brief(r):
+            return "%.2f s, %d processes, %d alive at once, %s" % (
+                r["wall"], len(r["procs"]), r["alive"], kb(r["api"]))
+
+        self.row("11 figure 10's run (%d Deployments × %g s, none stuck; kubectl 1.37; 1 run "
+                 "each)" % (MANY, ROLLOUT_DELAY), "info", brief(ten["v3"]),
+                 "version 2: " + brief(ten["v2"]),
+                 "%.2f× v2 bytes" % (ten["v3"]["api"] / ten["v2"]["api"]), "—")
+        tables = [by_kind(ten[v]["records"]) for v in ("v3", "v2")]
+        self.note("**11 figure 10's run, bytes** (%d Deployments, kubectl 1.37, version 3 "
+                  "beside version 2; requests by kind, count and body bytes):\n%s\n  - "
+                  "kubectl processes: v3 %s; v2 %s."
+                  % (MANY, kinds_side_by_side(tables, ("v3", "v2")),
+                     verbs([p["args"] for p in ten["v3"]["procs"]]),
+                     verbs([p["args"] for p in ten["v2"]["procs"]])))
+        self.note("**11 method**: %d single-container Deployments `svc-00` … `svc-%02d`, 1 "
+                  "replica, in one namespace of the simulator (the same one for both "
+                  "versions, over plain HTTP: version 2 needs no token), `parallel: true`, "
+                  "probe off, `rollout_timeout_seconds: %d`, `fail_fast_seconds: %d` (so the "
+                  "stuck one ends by its time-out, counted from the start of the wait); the "
+                  "new pods of every Deployment get ready %g s after creation, but those of "
+                  "`%s` (the %dth) stay `ContainerCreating` (behaviour `hang`).  Set up before "
+                  "every run through the admin API (created `ready: false`, 8 at a time, "
+                  "revision 1 available, then the new pods' behaviour set): %.1f s median.  "
+                  "%d runs of each version per kubectl, version 3 and version 2 in turn.  "
+                  "Processes: figure 10's timed bash wrapper (a killed process ends at the "
+                  "tool's exit: version 2 kills a `rollout status` whose batch ends early, "
+                  "and that process then counts as alive until the tool exits, so version "
+                  "2's alive-at-once is an upper bound; version 3 kills none).  Bytes: the "
+                  "simulator's request log, `bytes` = response "
+                  "body bytes (a watch's event lines), summed over the API requests of the "
+                  "run (all made by the tool's kubectls); discovery counted apart.  Version "
+                  "2 measured: %s.  Figure 10 of version 2 (RESULTS.md, run of 2026-12-01 "
+                  "00:39, git 8858434): 20 Deployments 5.67 s, 2 alive at once, 8 "
+                  "processes in all, no byte count."
+                  % (STUCK_N, STUCK_N - 1, STUCK_TIMEOUT, STUCK_FAIL_FAST, ROLLOUT_DELAY,
+                     stuck, STUCK_AT + 1, median(setups), n, self.v2_identity))
+
+    def stuck_notes(self, who, runs, names, stuck):
+        def mid(version):
+            ordered = sorted(runs[version], key=lambda r: r["api"])
+            return ordered[(len(ordered) - 1) // 2]
+
+        m3, m2 = mid("v3"), mid("v2")
+        tables = [by_kind(m3["records"]), by_kind(m2["records"])]
+        disc = ["%d (%s)" % (len(r["discovery"]), kb(sum(x["body_bytes"] for x in
+                                                         r["discovery"])))
+                for r in (m3, m2)]
+        wait = [by_kind(r["wait_records"]) for r in (m3, m2)]
+        gets = wait[0].get("GET deployments/NAME", (0, 0))
+        polls = [p for p in m3["procs"] if verb(p["args"]) == "get deployment"
+                 and p["start"] >= m3["wait_start"]]
+        self.note("**11 where the bytes go** (%s; the median-bytes run of each version; "
+                  "requests by kind, count and body bytes; discovery apart: v3 %s, v2 %s):\n"
+                  "%s\n  - of these, after the last patch (the wait, then the time-out's and "
+                  "the verification's reads): v3 %s; v2 %s.  Version 3 polled with %d `kubectl "
+                  "get` (%d objects read by name, %s), the wait starting %.2f s into the run."
+                  % (who, disc[0], disc[1],
+                     kinds_side_by_side(tables, ("v3", "v2")),
+                     ", ".join("%s ×%d %s" % (k, c_, kb(b)) for k, (c_, b) in wait[0].items()),
+                     ", ".join("%s ×%d %s" % (k, c_, kb(b)) for k, (c_, b) in wait[1].items()),
+                     len(polls), gets[0], kb(gets[1]), m3["wait_start"]))
+
+        def timeline(run):          # consecutive processes of one verb as one entry
+            groups = []
+            for p in run["procs"]:
+                v = verb(p["args"])
+                if groups and groups[-1][0] == v:
+                    groups[-1][1].append(p)
+                else:
+                    groups.append((v, [p]))
+            return "; ".join("%s%s %.2f–%.2f s%s" % (
+                v, " ×%d" % len(ps) if len(ps) > 1 else "", ps[0]["start"],
+                max(p["end"] for p in ps), " (killed)" if any(p["killed"] for p in ps)
+                else "") for v, ps in groups)
+
+        self.note("**11 processes** (%s; the same runs, seconds after the tool started): "
+                  "version 3 %s — %s.  Version 2 %s — %s.  Runs (wall s / processes / alive / "
+                  "bytes): v3 %s; v2 %s."
+                  % (who, verbs([p["args"] for p in m3["procs"]]), timeline(m3),
+                     verbs([p["args"] for p in m2["procs"]]), timeline(m2),
+                     ", ".join("%.1f/%d/%d/%s" % (r["wall"], len(r["procs"]), r["alive"],
+                                                  kb(r["api"])) for r in runs["v3"]),
+                     ", ".join("%.1f/%d/%d/%s" % (r["wall"], len(r["procs"]), r["alive"],
+                                                  kb(r["api"])) for r in runs["v2"])))
+
+    # -- 12. the API access beside kubectl's -----------------------------------------
+
+    #: the least a standard-library HTTPS client does for the same read: the 3
+    #: Deployments by name, with the token, TLS verified against the CA, JSON parsed
+    FLOOR12 = ("import json, ssl, sys, urllib.request; base, token, ca = sys.argv[1:4]; "
+               "ctx = ssl.create_default_context(cafile=ca); auth = 'Bearer ' + "
+               "open(token).read().strip(); [json.loads(urllib.request.urlopen("
+               "urllib.request.Request(base + '/apis/apps/v1/namespaces/noetl/deployments/' "
+               "+ n, headers={'Authorization': auth, 'Accept': 'application/json'}), "
+               "context=ctx, timeout=20).read()) for n in sys.argv[4:]]")
+    #: every right, cluster-wide: figure 12 measures cost, not RBAC
+    ALL_RULES = [{"namespace": None, "apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
+
+    def api_access(self, c):
+        """Figure 12's two ways to the simulator's HTTPS port, both with one bearer
+        token: a kubeconfig (server, certificate-authority = the simulator's CA, token)
+        for kubectl, and a service-account folder (token, ca.crt, namespace) with
+        KUBERNETES_SERVICE_HOST/_PORT and BUMP_IMAGE_SERVICEACCOUNT_DIR for the API
+        access, as tests/conftest.py's Cluster builds them."""
+        if getattr(self, "api12", None):
+            return self.api12
+        if not c.sim.https_url or not c.sim.ca_path:
+            raise SystemExit("bench: figure 12 needs the simulator's HTTPS port (openssl)")
+        token = "bench-%s" % os.urandom(8).hex()
+        kubeconfig = write_kubeconfig(os.path.join(c.dir, "kubeconfig-https"),
+                                      c.sim.https_url, ca_path=c.sim.ca_path, token=token)
+        folder = os.path.join(c.dir, "serviceaccount")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "token"), "w") as fh:
+            fh.write(token)
+        shutil.copyfile(c.sim.ca_path, os.path.join(folder, "ca.crt"))
+        with open(os.path.join(folder, "namespace"), "w") as fh:
+            fh.write(NS)
+        env = dict(c.env, KUBERNETES_SERVICE_HOST="127.0.0.1",
+                   KUBERNETES_SERVICE_PORT=c.sim.https_url.rsplit(":", 1)[1],
+                   BUMP_IMAGE_SERVICEACCOUNT_DIR=folder)
+        c.sim.set_token(token, SA_USER, self.ALL_RULES)
+        # kubectl's discovery cache is per server address: warm it for the HTTPS port's
+        subprocess.run([c.real, "--kubeconfig=" + kubeconfig, "get", "deployments",
+                        "--namespace=" + NS], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env=env, timeout=60, check=True)
+        self.api12 = {"token": token, "kubeconfig": kubeconfig, "folder": folder, "env": env}
+        return self.api12
+
+    def api_payloads(self, c, kubectl, **keys):
+        a = self.api_access(c)
+        base = {"image": NEW, "probe": "never", "rollout_timeout_seconds": ROLLOUT_TIMEOUT}
+        base.update(keys)
+        return {"kubectl": dict(base, cluster_access="kubectl", kubectl=kubectl,
+                                kubeconfig=a["kubeconfig"]),
+                "api": dict(base, cluster_access="api")}
+
+    def fig12_api(self):
+        n, runs_n = self.args.startup_runs, self.args.runs
+        c = self.cluster("new")
+        c.single(DEFAULTS, NEW)                    # reset: tokens gone, set again below
+        a = self.api_access(c)
+        c.sim.set_token(a["token"], SA_USER, self.ALL_RULES)
+        env = a["env"]
+        # (a) nothing to do: 3 Deployments at the target, interleaved with the floors
+        payloads = self.api_payloads(c, c.real)           # kubectl itself, no wrapper
+        get = [c.real, "--kubeconfig=" + a["kubeconfig"], "get", "deployment"] \
+            + list(DEFAULTS) + ["--namespace=" + NS, "-o", "json"]
+        cases = collections.OrderedDict([
+            ("kubectl get", get),
+            ("floor", [PY, "-c", self.FLOOR9] + get),
+            ("floor, API", [PY, "-c", self.FLOOR12, c.sim.https_url,
+                            os.path.join(a["folder"], "token"),
+                            os.path.join(a["folder"], "ca.crt")] + list(DEFAULTS)),
+            ("kubectl access", [PY, "-m", "bump_image", "--payload",
+                                json.dumps(payloads["kubectl"])]),
+            ("API access", [PY, "-m", "bump_image", "--payload", json.dumps(payloads["api"])]),
+            ("bare", [PY, "-c", "pass"]),
+        ])
+        once = {}
+        for key, argv in cases.items():               # warm: pyc, kubectl's cache, page cache
+            c.sim.clear_requests()
+            done = subprocess.run(argv, cwd=TOOL_DIR, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=60)
+            assert done.returncode == 0, (key, done.returncode, done.stderr[-2000:])
+            if key.endswith("access"):
+                events = [json.loads(ln) for ln in done.stdout.splitlines()]
+                statuses = [e.get("status") for e in events if e.get("event") == "component"]
+                assert statuses == ["unchanged"] * 3, statuses
+                summary = next(e for e in events if e.get("event") == "summary")
+                assert summary.get("cluster_access") == key.split()[0].lower(), summary
+            if key != "bare":
+                time.sleep(0.2)
+                once[key] = sim_records(c.sim, user=SA_USER)
+        times, cpu = interleaved(cases, n, env, seed=12)
+        med = {k: median(v) for k, v in times.items()}
+        floor = med["floor"]
+        for key, shown in (("kubectl access", "kubectl access (kubectl 1.37, HTTPS + token)"),
+                           ("API access", "API access (`cluster_access: api`)")):
+            ratio = med[key] / floor
+            self.row("12 unchanged run, 3 Deployments at the target, `probe: never`, "
+                     "`python3 -m bump_image`, %s" % shown,
+                     "≤ %.1f× floor" % GOAL_API_FLOOR, "%s (median of %d)" % (ms(med[key]), n),
+                     "%s floor (`python3 -c`: one `kubectl get` over HTTPS + parse)"
+                     % ms(floor), "%.2f×" % ratio,
+                     "yes" if ratio <= GOAL_API_FLOOR else "**no**")
+        self.row("12 unchanged run: the API access beside the kubectl access", "info",
+                 "%s API access" % ms(med["API access"]),
+                 "%s kubectl access" % ms(med["kubectl access"]),
+                 "%.2f×" % (med["API access"] / med["kubectl access"]), "—")
+        self.row("12 floor of a standard-library HTTPS client (`python3 -c`: ssl, 3 GETs by "
+                 "name, parse)", "info", "%s (median of %d)" % (ms(med["floor, API"]), n),
+                 "%s floor with kubectl; `kubectl get` alone %s" % (ms(floor),
+                                                                    ms(med["kubectl get"])),
+                 "%.2f×" % (med["floor, API"] / floor), "—")
+        spread = "\n".join("  - %s: wall median %s, min %s; CPU user+sys median %s" % (
+            key, ms(med[key]), ms(min(times[key])), ms(median(cpu[key]))) for key in cases)
+
+        def reqs(records):
+            api = [r for r in records if not is_discovery(r)]
+            return "%d (%s)%s" % (len(api), kb(sum(r["body_bytes"] for r in api)),
+                                  "" if len(api) == len(records) else ", discovery %d"
+                                  % (len(records) - len(api)))
+
+        self.note("**12 method, unchanged run**: one simulator (server 1.37.1), its HTTPS "
+                  "port (test CA, EC P-256), one bearer token of user `%s` bound to every "
+                  "right (figure 12 measures cost, not RBAC); the kubectl access through a "
+                  "kubeconfig with `certificate-authority` (the simulator's CA) and that "
+                  "token (kubectl's discovery cache under HOME warm for that address), the "
+                  "API access through a service-account folder (token, ca.crt, namespace) "
+                  "with `KUBERNETES_SERVICE_HOST=127.0.0.1`, `KUBERNETES_SERVICE_PORT` (the "
+                  "HTTPS port) and `BUMP_IMAGE_SERVICEACCOUNT_DIR` — both pay TLS.  The 3 "
+                  "Deployments of figure 2 already at the target, `probe: never`; "
+                  "`python3 -m bump_image` (the cached pyc, as in figure 9) run from the "
+                  "measured copy's folder; every command in the same environment; %d runs "
+                  "of each interleaved in random order after a warm-up run.  *floor* = "
+                  "figure 9's: `python3 -c` that runs `kubectl get deployment A B C -o "
+                  "json` (here over HTTPS with the token) and parses its JSON; *floor, API* "
+                  "= `python3 -c` that imports json, ssl and urllib.request, reads the token "
+                  "and makes a context with the CA, GETs the 3 Deployments by name and "
+                  "parses them.  API requests of one warm-up run each (count, body bytes): "
+                  "kubectl get %s; floor %s; floor, API %s; kubectl access %s; API access "
+                  "%s.  Wall and CPU (children's user+sys, kubectl included):\n%s"
+                  % (SA_USER, n, reqs(once["kubectl get"]), reqs(once["floor"]),
+                     reqs(once["floor, API"]), reqs(once["kubectl access"]),
+                     reqs(once["API access"]), spread))
+        # (b) a changed run of MANY Deployments in parallel, 5 s rollouts, each access
+        names = ["svc-%02d" % i for i in range(MANY)]
+        behaviour = {"mode": "ready", "delay": ROLLOUT_DELAY}
+        payloads = self.api_payloads(c, c.kubectl, deployments=names, parallel=True)
+        runs = {"kubectl": [], "api": []}
+        for i in range(runs_n):
+            for access in (("kubectl", "api") if i % 2 == 0 else ("api", "kubectl")):
+                c.single(names, OLD, behaviour)
+                c.sim.set_token(a["token"], SA_USER, self.ALL_RULES)
+                c.sim.clear_requests()
+                run = c.run_tool(payloads[access], count=access == "kubectl", env=env)
+                time.sleep(0.3)
+                assert run["code"] == 0, run["stderr"][-3000:]
+                assert [x["status"] for x in run["components"]] == ["changed"] * MANY, run
+                records = sim_records(c.sim, user=SA_USER)
+                run["discovery"] = [r for r in records if is_discovery(r)]
+                run["records"] = [r for r in records if not is_discovery(r)]
+                run["api"] = sum(r["body_bytes"] for r in run["records"])
+                runs[access].append(run)
+        med = {k: {m: median([r[m] if m != "records" else len(r[m]) for r in v])
+                   for m in ("wall", "records", "api")} for k, v in runs.items()}
+        head = "12 changed run, %d Deployments × %g s rollouts, `parallel: true`: " % (
+            MANY, ROLLOUT_DELAY)
+        self.row(head + "wall time", "info", "%.2f s API access (median of %d)"
+                 % (med["api"]["wall"], runs_n), "%.2f s kubectl access"
+                 % med["kubectl"]["wall"],
+                 "%.2f×" % (med["api"]["wall"] / med["kubectl"]["wall"]), "—")
+        self.row(head + "API requests (discovery apart)", "info", "%g API access"
+                 % med["api"]["records"], "%g kubectl access" % med["kubectl"]["records"],
+                 "%.2f×" % (med["api"]["records"] / med["kubectl"]["records"]), "—")
+        self.row(head + "API body bytes", "info", "%s API access" % kb(med["api"]["api"]),
+                 "%s kubectl access" % kb(med["kubectl"]["api"]),
+                 "%.2f×" % (med["api"]["api"] / med["kubectl"]["api"]), "—")
+
+        def mid(access):
+            ordered = sorted(runs[access], key=lambda r: r["api"])
+            return ordered[(len(ordered) - 1) // 2]
+
+        tables = [by_kind(mid(k)["records"]) for k in ("api", "kubectl")]
+        self.note("**12 changed run** (%d single-container Deployments, pods ready %g s after "
+                  "creation, `parallel: true`, probe off; the token and paths of the "
+                  "unchanged run; %d runs of each access, in turn; the kubectl access behind "
+                  "the counting wrapper).  Requests by kind, count and body bytes (the "
+                  "median-bytes run of each; the simulator's log, the token's requests):\n%s\n"
+                  "  - discovery: API access %d, kubectl access %d (kubectl's cache warm).  "
+                  "kubectl processes: %s.  Runs (wall s / requests / bytes): API access %s; "
+                  "kubectl access %s."
+                  % (MANY, ROLLOUT_DELAY, runs_n,
+                     kinds_side_by_side(tables, ("API access", "kubectl access")),
+                     len(mid("api")["discovery"]), len(mid("kubectl")["discovery"]),
+                     verbs(mid("kubectl")["calls"]),
+                     ", ".join("%.2f/%d/%s" % (r["wall"], len(r["records"]), kb(r["api"]))
+                               for r in runs["api"]),
+                     ", ".join("%.2f/%d/%s" % (r["wall"], len(r["records"]), kb(r["api"]))
+                               for r in runs["kubectl"])))
 
     # -- report ---------------------------------------------------------------------
 
@@ -1522,6 +2087,8 @@ with open(out, "w") as fh:
         if sha256_of(SOURCE) != sha256_of(TOOL):
             lines.append("- **note**: `bump_image.py` in the working tree changed during this "
                          "run; the run measured the copy above throughout")
+        if getattr(self, "v2_identity", None):
+            lines.append("- version 2 (figure 11): %s" % self.v2_identity)
         lines.append("- Python: %s (`%s`)" % (platform.python_version(), PY))
         for which in ("new", "system"):
             if which in self.clusters:
@@ -1551,7 +2118,8 @@ with open(out, "w") as fh:
         figures = [("1", self.fig1_startup), ("2", self.fig23_processes),
                    ("4", self.fig4_registry), ("5", self.fig5_wall),
                    ("6", self.fig6_failfast), ("7", self.fig7_rss),
-                   ("9", self.fig9_noop), ("10", self.fig10_many), ("8", self.fig8_bytes)]
+                   ("9", self.fig9_noop), ("10", self.fig10_many), ("12", self.fig12_api),
+                   ("11", self.fig11_stuck), ("8", self.fig8_bytes)]
         loads = []
         for key, fn in figures:
             if only and key not in only and not (key == "2" and "3" in only):
@@ -1586,6 +2154,9 @@ def main(argv=None):
     parser.add_argument("--startup-runs", type=int, default=20,
                         help="runs of every start-up command (default 20)")
     parser.add_argument("--only", help="comma-separated figures, e.g. 1,5")
+    parser.add_argument("--v2", metavar="PATH",
+                        help="version 2's bump_image.py for figure 11 (default: git show "
+                             "%s:bump_image.py)" % V2_COMMIT)
     args = parser.parse_args(argv)
     bench = Bench(args)
     try:
