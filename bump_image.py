@@ -3094,10 +3094,7 @@ class KubectlAccess(ClusterAccess):
             self.base.append("--context=" + settings.context)
         if settings.kubeconfig:
             self.base.append("--kubeconfig=" + settings.kubeconfig)
-        if not env.get("HOME"):
-            # no HOME (NoETL's distributed runtime): kubectl would put its discovery
-            # cache in ./.kube of whatever folder it runs in
-            self.base.append("--cache-dir=" + _private_cache_dir(env))
+        self.cache = not env.get("HOME")     # made on first use (see call)
         self.ns = "--namespace=" + settings.namespace
 
     def check(self):
@@ -3115,6 +3112,11 @@ class KubectlAccess(ClusterAccess):
         """Run kubectl; a ``Completed`` whose ``cut`` says the run's deadline
         shortened its time-out."""
         seconds, cut = self.budget(timeout)
+        if self.cache:
+            # no HOME (NoETL's distributed runtime): kubectl would put its discovery
+            # cache in ./.kube of whatever folder it runs in
+            self.base.append("--cache-dir=" + _private_cache_dir(self.env))
+            self.cache = False
         argv = self.base + list(args)
         if request_timeout:
             # milliseconds: a whole-second time-out rounded down gave up early
