@@ -23,7 +23,6 @@ position, spread over the three kinds and both orders (``SUBSET``).  tox runs th
 table once per access, each on another Python.  The ids are the same either way.
 """
 
-import os
 import re
 import threading
 import time
