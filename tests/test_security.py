@@ -101,7 +101,10 @@ def test_injection_is_rejected_before_anything_is_contacted(env, key, value):
     (line,) = run.events
     assert line["event"] == "error" and line["error"]["code"] == "invalid_payload"
     assert kubectl.calls == [] and net.used == []
-    assert run.stderr == ""
+    # stderr says the same in one line for a person, the value escaped: no control
+    # character (a terminal escape, a line break) reaches the terminal
+    assert run.stderr.startswith("bump_image: invalid_payload (exit 2): ")
+    assert run.stderr.endswith("\n") and not re.search(r"[\x00-\x1f\x7f]", run.stderr[:-1])
 
 
 @pytest.mark.parametrize("argv", [
