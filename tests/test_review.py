@@ -120,3 +120,56 @@ def test_5_an_image_written_two_ways_is_probed_in_either_order(env, order, pin):
     assert probe["status"] == "unavailable" and probe["image"] == "docker.io/library/nginx:1.27"
     assert [r["path"] for r in heads] == ["/v2/library/nginx/manifests/1.27"]
     assert kubectl.calls == []
+
+
+# -- what the audit of the tests found ------------------------------------------------------
+
+@pytest.mark.e2e
+def test_pods_that_run_but_never_get_ready_are_said(cluster):
+    """A failing readiness probe (the most common bad release): the pods run, never get
+    ready, and restart; the wait ends at its time-out and says what the pods report."""
+    cluster.sim.add_deployment("web", containers=[{"name": "app", "image": OLD}])
+    cluster.sim.set_image_behaviour(NEW, {"mode": "not_ready", "restart_interval": 0.5})
+    run = cluster.bump(cluster.payload(image=NEW, deployment="web", rollout_timeout_seconds=3,
+                                       fail_fast_seconds=600))
+    err = run.components["web"]["error"]
+    assert run.code == 1 and err["code"] == "rollout_timeout", run.stdout + run.stderr
+    assert "the rollout did not complete within 3 s: " in err["message"]
+    assert "0 of 1 new pod ready: pod web-" in err["message"]
+    assert "Running: app running, not ready" in err["message"]
+    assert " restarts" in err["message"] or " restart" in err["message"]
+    assert "web: 0 of 1 new pod ready" in run.stderr          # said while it waited
+
+
+@pytest.mark.e2e
+def test_a_deployment_whose_labels_differ_from_its_selector_is_still_judged(cluster):
+    """Its own labels are not its selector's: it is read by name (a label-selected read
+    of Deployments missed it, and with it its conditions)."""
+    cluster.sim.add_deployment("web", containers=[{"name": "app", "image": OLD}],
+                               labels={"team": "platform"}, selector={"app": "web-pods"},
+                               progress_deadline_seconds=1)
+    cluster.sim.set_image_behaviour(NEW, {"mode": "hang"})
+    run = cluster.bump(cluster.payload(image=NEW, deployment="web", rollout_timeout_seconds=30,
+                                       fail_fast_seconds=600))
+    err = run.components["web"]["error"]
+    assert err["code"] == "rollout_failed" and err["message"].startswith(
+        'ProgressDeadlineExceeded: deployment "web" exceeded its progress deadline')
+    assert run.components["web"]["duration_seconds"] < 15
+
+
+@pytest.mark.e2e
+def test_a_digest_pinned_by_an_admission_is_the_target(cluster):
+    """Kyverno verifyImages with mutateDigest turns repo:tag into repo:tag@sha256:…: with
+    the probed digest that is the target, and a rerun sends nothing."""
+    from fake_registry import FakeRegistry
+    digest = "sha256:" + "4" * 64
+    cluster.sim.add_deployment("web", containers=[{"name": "app", "image": NEW + "@" + digest}])
+    with FakeRegistry() as registry:
+        registry.add_manifest("noetl/noetl", "v2.35.9", digest)
+        run = cluster.bump(cluster.payload(image=NEW, deployment="web", probe="auto",
+                                           check_platforms="never",
+                                           registry_mirrors={"ghcr.io": registry.base_url}))
+    assert run.code == 0, run.stdout + run.stderr
+    assert run.components["web"]["status"] == "unchanged"
+    assert "the target's tag plus the probed digest, pinned by an admission" in run.stderr
+    assert cluster.writes() == []
