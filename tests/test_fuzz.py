@@ -257,13 +257,14 @@ def valid_payloads(draw):
             payload["image"] = repository + ":" + release
     for key in draw(st.lists(st.sampled_from(sorted(VALID_OPTIONS)), unique=True, max_size=8)):
         payload[key] = draw(VALID_OPTIONS[key])
+    if draw(st.integers(0, 9)) == 0:
+        payload[draw(st.sampled_from(sorted(VALID_OPTIONS)))] = None
+    # the rules between keys, applied last so that a null above cannot undo them
     if payload.get("cluster_access") == "api":
         payload.pop("context", None)
         payload.pop("kubeconfig", None)
     if payload.get("pin_digest"):
         payload["probe"] = "always"
-    if draw(st.integers(0, 9)) == 0:
-        payload[draw(st.sampled_from(sorted(VALID_OPTIONS)))] = None
     return payload
 
 
