@@ -10,6 +10,7 @@ kubectl's language.
 import copy
 import io
 import json
+import threading
 
 import bump_image
 
@@ -288,9 +289,32 @@ class CliRun:
         return self.event("summary")[0]
 
 
+class VirtualClock:
+    """A monotonic clock that its ``sleep`` moves, and each read by ``tick``."""
+
+    def __init__(self, now=1000.0, tick=0.0):
+        self.now = now
+        self.tick = tick
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.now += self.tick
+            return self.now
+
+    def sleep(self, seconds):
+        self.now += max(seconds, 0.0)
+
+
 def run_cli(argv, stdin="", **effects):
     """Call ``bump_image.main`` with captured streams; returns a ``CliRun``."""
     out, err = io.StringIO(), io.StringIO()
+    if isinstance(effects.get("runner"), FakeKubectl) and not {"clock", "sleeper"} & set(effects):
+        # a fake cluster answers at once: its waits run on a clock that moves by a
+        # twentieth of a second each time it is read, so that no test waits for a
+        # poll in real time
+        clock = VirtualClock(tick=0.05)
+        effects.update(clock=clock, sleeper=clock.sleep)
     effects.setdefault("sleeper", lambda seconds: None)
     code = bump_image.main(list(argv), stdin=io.StringIO(stdin), stdout=out, stderr=err,
                            **effects)

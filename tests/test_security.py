@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bump_image
-from bump_image import Completed
 
 REPO = "noetl/noetl"
 PATH = "/v2/noetl/noetl/manifests/v2.35.9"
@@ -206,9 +205,8 @@ def test_every_kubectl_argv_is_a_list_and_no_value_becomes_a_flag(
         namespace, names, container, ctx, kubeconfig, binary, rollback, parallel, fail):
     cluster = {n: deployment(n, {container or "app": OLD}, namespace=namespace) for n in names}
     kubectl = FakeKubectl(cluster, context=ctx or "sim")
-    if fail:
-        kubectl.rollout[names[-1]] = Completed(1, "", "error: timed out waiting for the"
-                                               " condition\n")
+    if fail:       # the last one exceeds its progress deadline: fail-fast, then an undo
+        kubectl.rollout[names[-1]] = "deadline"
     payload = {"image": IMAGE, "probe": "never", "namespace": namespace, "deployments": names,
                "kubectl": binary, "rollback_on_failure": rollback, "parallel": parallel,
                "rollout_timeout_seconds": 5}
@@ -219,7 +217,10 @@ def test_every_kubectl_argv_is_a_list_and_no_value_becomes_a_flag(
     if container is not None:
         payload["container"] = container
     run = run_cli(["--payload", json.dumps(payload)], runner=kubectl, env={})
-    assert run.code in (0, 1), run.stdout
+    assert run.code == (1 if fail else 0), run.stdout
+    if fail:
+        assert any(v.startswith("rollout undo") for v in kubectl.verbs()) == rollback, \
+            kubectl.verbs()
     values = [v for v in (namespace, container, ctx, kubeconfig, IMAGE) if v] + names
     for argv in kubectl.calls:
         assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
