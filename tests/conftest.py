@@ -94,14 +94,18 @@ def full_tables(value=None):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Deselect the tests of the accesses that ``BUMP_IMAGE_ACCESSES`` leaves out, and
-    the rows of a full table (marker ``full_table``) for the accesses that
-    ``BUMP_IMAGE_FULL_TABLES`` does not name."""
+    """Deselect the tests of the accesses that ``BUMP_IMAGE_ACCESSES`` leaves out, the
+    rows of a full table (marker ``full_table``) for the accesses that
+    ``BUMP_IMAGE_FULL_TABLES`` does not name, and the harness's own tests (marker
+    ``harness``) when ``BUMP_IMAGE_HARNESS_TESTS=0``."""
     chosen, full = chosen_kubectls(), full_tables()
+    harness = os.environ.get("BUMP_IMAGE_HARNESS_TESTS", "1") != "0"
     keep, drop = [], []
     for item in items:
         wanted = [m.args[0] for m in item.iter_markers("kubectl")]
         ok = all(v in chosen for v in wanted)
+        if not harness and item.get_closest_marker("harness") is not None:
+            ok = False
         if ok and item.get_closest_marker("full_table") is not None:
             ok = bool(wanted) and all(v in full for v in wanted)
         (keep if ok else drop).append(item)

@@ -30,7 +30,7 @@ import k8s_sim  # noqa: E402
 from conftest import DISPATCHER, newer_kubectl  # noqa: E402
 from k8s_sim import start_sim, stop_sim, write_kubeconfig  # noqa: E402
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.harness]
 
 NS = "noetl"
 # the marks let BUMP_IMAGE_KUBECTLS pick one of them (see conftest.py): "1.33" stands for

@@ -50,6 +50,8 @@ from registry_harness import (
     docker_registry_path,
 )
 
+pytestmark = pytest.mark.harness
+
 ALICE = ("alice", "s3cr3t-Pa55")
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
