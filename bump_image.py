@@ -2248,6 +2248,25 @@ def _daemonset_verdict(obj, name, spec, status):
     return True, 'daemon set "%s" successfully rolled out' % name, False
 
 
+def progress_deadline_mark(obj):
+    """A Deployment's ``ProgressDeadlineExceeded`` condition as a comparable mark
+    (its times and message), or None when it has none (pure)."""
+    progressing = _conditions(obj).get("Progressing") or {}
+    if progressing.get("reason") != "ProgressDeadlineExceeded":
+        return None
+    return (progressing.get("lastUpdateTime"), progressing.get("lastTransitionTime"),
+            progressing.get("message"))
+
+
+def without_progress_deadline(obj):
+    """``obj`` without its ``ProgressDeadlineExceeded`` condition (a shallow copy)."""
+    status = dict(obj.get("status") or {})
+    status["conditions"] = [c for c in status.get("conditions") or []
+                            if not (c.get("type") == "Progressing"
+                                    and c.get("reason") == "ProgressDeadlineExceeded")]
+    return dict(obj, status=status)
+
+
 _VERDICTS = {"Deployment": _deployment_verdict, "StatefulSet": _statefulset_verdict,
              "DaemonSet": _daemonset_verdict}
 
@@ -3764,6 +3783,8 @@ class _Wait:
     pods_said: str = None          # ... and about its pods
     gone: bool = False             # the workload went away: nothing to roll back
     ended_at: float = None         # clock() when its verdict came
+    read: bool = False             # it has been read once since the wait started
+    stale: tuple = None            # for a rollback: the progress deadline the change hit
 
     def end(self, error=None):
         self.finished, self.error = True, error
@@ -3878,6 +3899,17 @@ class Rollouts:
             return
         w.obj = obj
         done, message, failed = rollout_verdict(obj)
+        first, w.read = not w.read, True
+        if failed and w.purpose == "rollback":
+            # The controller leaves the change's ProgressDeadlineExceeded in place until
+            # the rollback makes progress (kubernetes' syncRolloutStatus): that one, seen
+            # before the undo or at the rollback's first read, is not the rollback's own.
+            # A new one (another lastUpdateTime) is.
+            mark = progress_deadline_mark(obj)
+            if first and w.stale is None:
+                w.stale = mark
+            if mark == w.stale:
+                done, message, failed = rollout_verdict(without_progress_deadline(obj))
         if done:
             w.end(None)
         elif failed:
@@ -4587,6 +4619,8 @@ class Rollbacks:
         timeout = min(e.settings.rollout_timeout, ROLLBACK_TIMEOUT_CAP)
         rollback = e.wait_for(comp, "rollback", timeout)
         rollback.failed = (code, message)
+        if w.obj is not None:
+            rollback.stale = progress_deadline_mark(w.obj)
         return rollback
 
     def delete_stuck_pods(self, w):

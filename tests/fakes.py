@@ -64,7 +64,8 @@ class FakeKubectl:
     default: complete at the next read), ``"stuck"`` (never completes),
     ``"deadline"`` (ProgressDeadlineExceeded) or ``"gone"`` (deleted right after
     the patch); after a ``rollout undo`` it is ``undo_rollout``'s mode (default
-    ``"ok"``).  ``fail`` maps a verb to a ``Completed`` returned instead of doing
+    ``"ok"``; also ``"stale_then_ok"``: the change's condition stays for one read,
+    and ``"deadline_again"``: a new ProgressDeadlineExceeded).  ``fail`` maps a verb to a ``Completed`` returned instead of doing
     it: ``get`` (every read of the workloads), ``poll`` (every read but the
     first), ``patch``, ``rollout undo``, ``facts`` (ReplicaSets and Pods),
     ``delete``, ``config``; ``digests`` maps an image to the digest its pods
@@ -188,10 +189,18 @@ class FakeKubectl:
             status.update(replicas=replicas + 1, updatedReplicas=1 if replicas else 0,
                           availableReplicas=replicas)
             status.pop("conditions", None)
-        elif mode == "deadline":
+        elif mode in ("deadline", "deadline_again"):
             status["conditions"] = [{"type": "Progressing", "status": "False",
                                      "reason": "ProgressDeadlineExceeded",
+                                     "lastUpdateTime": "2026-12-05T10:00:0%d Z" % (
+                                         mode == "deadline_again"),
                                      "message": 'ReplicaSet "x" has timed out progressing.'}]
+        elif mode == "stale_then_ok":
+            # the controller has seen the undo but not yet its progress: the change's
+            # ProgressDeadlineExceeded is still there (kubernetes' syncRolloutStatus)
+            dep["metadata"]["stale_read"] = dep["metadata"].get("stale_read", 0) + 1
+            if dep["metadata"]["stale_read"] > 1:
+                FakeKubectl._progress(dep, "ok")
 
     def _patch_all(self, names, args):
         """Like kubectl: each in turn (``-o name`` prints it), stopping at the first

@@ -463,6 +463,29 @@ def test_a_rollback_that_fails_is_said(env, fail):
     assert run.components["noetl-server"]["status"] == "changed"
 
 
+@pytest.mark.parametrize("after_undo", ["stale_then_ok", "deadline_again"])
+def test_the_changes_progress_deadline_is_not_the_rollbacks(env, after_undo):
+    """After the undo the controller leaves the change's ProgressDeadlineExceeded in
+    place until the rollback progresses: read then, it is not the rollback's failure
+    (CI once saw a rollback said failed for it).  A new one (another lastUpdateTime)
+    is."""
+    kubectl = FakeKubectl()
+    kubectl.rollout["noetl-worker"] = "deadline"
+    kubectl.undo_rollout["noetl-worker"] = after_undo
+    run = cli({"image": IMAGE, "rollback_on_failure": True}, kubectl, env)
+    comp = run.components["noetl-worker"]
+    message = comp["error"]["message"]
+    assert comp["error"]["code"] == "rollout_failed", comp
+    assert message.startswith("ProgressDeadlineExceeded: "), message
+    if after_undo == "stale_then_ok":
+        assert comp["rolled_back"] is True and comp["restored_image"] == OLD, message
+        assert "rolled back to revision 1" in message and "rollback failed" not in message
+    else:
+        assert comp["rolled_back"] is False, message
+        assert "; rollback failed: its rollout did not complete: ProgressDeadlineExceeded:" \
+            in message, message
+
+
 def test_parallel_applies_every_change_before_waiting(env):
     kubectl = FakeKubectl()
     run = cli({"image": IMAGE, "parallel": True}, kubectl, env)

@@ -72,9 +72,13 @@ NAMES = ("mix-a", "mix-b", "mix-c")
 STUCK_TIMEOUT = {"deployment": 4, "statefulset": 4, "daemonset": 6}
 SAFE_TIMEOUT = 30
 FAIL_FAST = 1
-# progressDeadlineSeconds of a Deployment that hangs: it holds for the rollback too, whose
-# pods must show progress within it on a loaded machine (1 s failed the 25-workload run
-# in CI: the rollback exceeded it and was said failed)
+# progressDeadlineSeconds of a Deployment that hangs.  It holds for its rollback too, so
+# the rollback must show progress within it, also on a loaded machine.  (The CI failures
+# of the 25-workload run, rolled_back false 5.6 and 7.2 s into the run, before any
+# rollback could time out, fit another cause, fixed in the tool: the rollback's first
+# read saw the change's own ProgressDeadlineExceeded, which the controller keeps until
+# the rollback progresses; test_engine.py::test_the_changes_progress_deadline_is_not_
+# the_rollbacks.)
 PROGRESS_DEADLINE = 2
 
 #: the always-on rows: each failure once, in the middle, over every kind and both orders
@@ -268,7 +272,7 @@ def assert_failed(comp, cluster, kind, name, mode, stdout, stderr, timeout):
         # land on either (one problem for the tool)
         assert re.match(r"(ImagePullBackOff|ErrImagePull): ", message), message
         assert bad in message, message
-    assert comp["rolled_back"] is True and comp["restored_image"] == OLD, (comp, stderr)
+    assert comp["rolled_back"] is True and comp["restored_image"] == OLD, (message, comp)
     if kind == "deployment":
         assert message.endswith("; rolled back to revision 1 (%s)" % OLD), message
     else:         # no revision number of its own
