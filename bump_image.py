@@ -3897,10 +3897,8 @@ class Rollouts:
                    ' "%s")' % (comp.workload.title, name, "not found" if obj is None else
                                "deleted and created again", e.settings.namespace)))
             return
-        w.obj = obj
-        done, message, failed = rollout_verdict(obj)
         first, w.read = not w.read, True
-        if failed and w.purpose == "rollback":
+        if w.purpose == "rollback":
             # The controller leaves the change's ProgressDeadlineExceeded in place until
             # the rollback makes progress (kubernetes' syncRolloutStatus): that one, seen
             # before the undo or at the rollback's first read, is not the rollback's own.
@@ -3908,8 +3906,10 @@ class Rollouts:
             mark = progress_deadline_mark(obj)
             if first and w.stale is None:
                 w.stale = mark
-            if mark == w.stale:
-                done, message, failed = rollout_verdict(without_progress_deadline(obj))
+            if mark is not None and mark == w.stale:
+                obj = without_progress_deadline(obj)
+        w.obj = obj
+        done, message, failed = rollout_verdict(obj)
         if done:
             w.end(None)
         elif failed:

@@ -65,7 +65,8 @@ class FakeKubectl:
     ``"deadline"`` (ProgressDeadlineExceeded) or ``"gone"`` (deleted right after
     the patch); after a ``rollout undo`` it is ``undo_rollout``'s mode (default
     ``"ok"``; also ``"stale_then_ok"``: the change's condition stays for one read,
-    and ``"deadline_again"``: a new ProgressDeadlineExceeded).  ``fail`` maps a verb to a ``Completed`` returned instead of doing
+    ``"stale_for_a_while"``: for ten, and ``"deadline_again"``: a new
+    ProgressDeadlineExceeded).  ``fail`` maps a verb to a ``Completed`` returned instead of doing
     it: ``get`` (every read of the workloads), ``poll`` (every read but the
     first), ``patch``, ``rollout undo``, ``facts`` (ReplicaSets and Pods),
     ``delete``, ``config``; ``digests`` maps an image to the digest its pods
@@ -195,12 +196,16 @@ class FakeKubectl:
                                      "lastUpdateTime": "2026-12-05T10:00:0%d Z" % (
                                          mode == "deadline_again"),
                                      "message": 'ReplicaSet "x" has timed out progressing.'}]
-        elif mode == "stale_then_ok":
+        elif mode in ("stale_then_ok", "stale_for_a_while"):
             # the controller has seen the undo but not yet its progress: the change's
-            # ProgressDeadlineExceeded is still there (kubernetes' syncRolloutStatus)
+            # ProgressDeadlineExceeded is still there (kubernetes' syncRolloutStatus),
+            # for one read, or for ten (past the first look at the pods)
             dep["metadata"]["stale_read"] = dep["metadata"].get("stale_read", 0) + 1
-            if dep["metadata"]["stale_read"] > 1:
+            if dep["metadata"]["stale_read"] > (1 if mode == "stale_then_ok" else 10):
                 FakeKubectl._progress(dep, "ok")
+            else:                   # still rolling back: the failed pod not yet gone
+                status.update(replicas=replicas + 1, updatedReplicas=replicas,
+                              availableReplicas=replicas)
 
     def _patch_all(self, names, args):
         """Like kubectl: each in turn (``-o name`` prints it), stopping at the first
