@@ -3114,6 +3114,7 @@ class KubectlAccess(ClusterAccess):
         if settings.kubeconfig:
             self.base.append("--kubeconfig=" + settings.kubeconfig)
         self.cache = not env.get("HOME")     # made on first use (see call)
+        self.cache_lock = threading.Lock()   # reads run in threads (in_parallel)
         self.ns = "--namespace=" + settings.namespace
 
     def check(self):
@@ -3134,8 +3135,10 @@ class KubectlAccess(ClusterAccess):
         if self.cache:
             # no HOME (NoETL's distributed runtime): kubectl would put its discovery
             # cache in ./.kube of whatever folder it runs in
-            self.base.append("--cache-dir=" + _private_cache_dir(self.env))
-            self.cache = False
+            with self.cache_lock:
+                if self.cache:
+                    self.base.append("--cache-dir=" + _private_cache_dir(self.env))
+                    self.cache = False
         argv = self.base + list(args)
         if request_timeout:
             # milliseconds: a whole-second time-out rounded down gave up early
@@ -3783,7 +3786,6 @@ class _Wait:
     pods_said: str = None          # ... and about its pods
     gone: bool = False             # the workload went away: nothing to roll back
     ended_at: float = None         # clock() when its verdict came
-    read: bool = False             # it has been read once since the wait started
     stale: tuple = None            # for a rollback: the progress deadline the change hit
 
     def end(self, error=None):
@@ -3897,7 +3899,7 @@ class Rollouts:
                    ' "%s")' % (comp.workload.title, name, "not found" if obj is None else
                                "deleted and created again", e.settings.namespace)))
             return
-        first, w.read = not w.read, True
+        first = w.obj is None             # the wait's first reading of it
         if w.purpose == "rollback":
             # The controller leaves the change's ProgressDeadlineExceeded in place until
             # the rollback makes progress (kubernetes' syncRolloutStatus): that one, seen
@@ -4581,6 +4583,7 @@ class Engine:
                 return [rollback] if rollback is not None else []  # else: finished, said
         comp.fail(code, message, self.clock, w.ended_at)
         return []
+
 
 def _revision_text(comp):
     """The revision a rollback restores, as the messages say it."""

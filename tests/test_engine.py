@@ -5,7 +5,16 @@ simulated API server in test_e2e_cluster.py.)"""
 import json
 
 import pytest
-from fakes import DIGEST, IMAGE, OLD, FakeKubectl, deployment, noetl_cluster, run_cli
+from fakes import (
+    DIGEST,
+    IMAGE,
+    OLD,
+    FakeKubectl,
+    VirtualClock,
+    deployment,
+    noetl_cluster,
+    run_cli,
+)
 
 import bump_image
 from bump_image import Completed
@@ -683,18 +692,6 @@ def test_the_deadline_cuts_the_probe_and_nothing_changes(env):
     assert [e["event"] for e in run.events] == ["probe", "summary"]
 
 
-class Clock:
-    """A clock that moves when told to, and by a millisecond each time it is read
-    (so that a wait's next poll comes)."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        self.now += 0.001
-        return self.now
-
-
 class TimesOutAtOnce(FakeKubectl):
     """kubectl whose poll finds every rollout still running, while the clock jumps
     past every wait's deadline during that read."""
@@ -713,7 +710,7 @@ class TimesOutAtOnce(FakeKubectl):
 def test_a_poll_that_ends_with_every_deadline_ends_every_wait(env):
     """The poll returns in the same instant as every wait's deadline passes: each
     gets rollout_timeout, with one more read (what its pods report), and no more polls."""
-    clock = Clock()
+    clock = VirtualClock(tick=0.001)   # moves by a millisecond each time it is read
     kubectl = TimesOutAtOnce(clock)
     run = run_cli(["--payload", json.dumps({"image": IMAGE, "probe": "never", "parallel": True,
                                             "rollout_timeout_seconds": 60})],
