@@ -2261,9 +2261,10 @@ def progress_deadline_mark(obj):
 def without_progress_deadline(obj):
     """``obj`` without its ``ProgressDeadlineExceeded`` condition (a shallow copy)."""
     status = dict(obj.get("status") or {})
-    status["conditions"] = [c for c in status.get("conditions") or []
-                            if not (c.get("type") == "Progressing"
-                                    and c.get("reason") == "ProgressDeadlineExceeded")]
+    status["conditions"] = [
+        c for c in status.get("conditions") or []
+        if not (isinstance(c, dict) and c.get("type") == "Progressing"
+                and c.get("reason") == "ProgressDeadlineExceeded")]
     return dict(obj, status=status)
 
 
@@ -3963,7 +3964,8 @@ class Rollouts:
             comp = w.comp
             for key, message, immediate in diagnose(w.obj, comp.uid, w.expected, replicasets,
                                                     pods, comp.digest):
-                since = first_seen.setdefault(key, now)
+                # each wait's own: a rollback does not inherit its change's problems
+                since = first_seen.setdefault((id(w), key), now)
                 if immediate or now - since >= limit:
                     w.end(("rollout_failed", message))
                     e.log("%s: %s, stopping the wait" % (comp.workload.key, message))

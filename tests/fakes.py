@@ -196,6 +196,18 @@ class FakeKubectl:
                                      "lastUpdateTime": "2026-12-05T10:00:0%d Z" % (
                                          mode == "deadline_again"),
                                      "message": 'ReplicaSet "x" has timed out progressing.'}]
+        elif mode in ("replica_failure", "replica_failure_for_a_while"):
+            # quota exceeded: the new ReplicaSet cannot create its pod; after an undo the
+            # controller still shows it for six reads (about 3 s of polls)
+            dep["metadata"]["stale_read"] = dep["metadata"].get("stale_read", 0) + 1
+            if mode == "replica_failure_for_a_while" and dep["metadata"]["stale_read"] > 6:
+                FakeKubectl._progress(dep, "ok")
+            else:
+                status.update(replicas=replicas, updatedReplicas=0,
+                              availableReplicas=replicas)
+                status["conditions"] = [{"type": "ReplicaFailure", "status": "True",
+                                         "reason": "FailedCreate",
+                                         "message": "exceeded quota"}]
         elif mode in ("stale_then_ok", "stale_for_a_while"):
             # the controller has seen the undo but not yet its progress: the change's
             # ProgressDeadlineExceeded is still there (kubernetes' syncRolloutStatus),
@@ -247,6 +259,7 @@ class FakeKubectl:
         dep["spec"]["template"] = previous["spec"]["template"]
         dep["metadata"]["generation"] += 1
         self.rollout[name] = self.undo_rollout.get(name, "ok")
+        dep["metadata"].pop("stale_read", None)         # the rollback's reads count anew
         return bump_image.Completed(0, "deployment.apps/%s rolled back\n" % name)
 
     def _facts(self):

@@ -496,6 +496,22 @@ def test_the_changes_progress_deadline_is_not_the_rollbacks(env, after_undo):
             in message, message
 
 
+def test_a_rollback_does_not_inherit_its_changes_problems(env):
+    """Fail fast times each wait's problems on its own: the ReplicaFailure that failed
+    the change, still shown for a moment after the undo, has not lasted
+    fail_fast_seconds for the rollback (found by review: one clock for both)."""
+    kubectl = FakeKubectl()
+    kubectl.rollout["noetl-worker"] = "replica_failure"
+    kubectl.undo_rollout["noetl-worker"] = "replica_failure_for_a_while"
+    run = cli({"image": IMAGE, "rollback_on_failure": True, "fail_fast_seconds": 6},
+              kubectl, env)
+    comp = run.components["noetl-worker"]
+    message = comp["error"]["message"]
+    assert comp["error"]["code"] == "rollout_failed", comp
+    assert message.startswith("ReplicaFailure: FailedCreate: exceeded quota"), message
+    assert comp["rolled_back"] is True and "rollback failed" not in message, message
+
+
 def test_parallel_applies_every_change_before_waiting(env):
     kubectl = FakeKubectl()
     run = cli({"image": IMAGE, "parallel": True}, kubectl, env)
